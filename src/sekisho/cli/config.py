@@ -1,0 +1,10 @@
+"""`sekisho config` (under construction in this session)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("config", help="(under construction)")
+    parser.set_defaults(handler=lambda _args: 1)

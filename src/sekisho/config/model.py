@@ -1,0 +1,152 @@
+"""The validated configuration snapshot: frozen values, built once per load.
+
+A snapshot is never mutated; SIGHUP builds a new one and swaps it whole (see `runtime`).
+Durations are seconds (float). Secrets are `Secret` and never print their value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Segment = Literal["internet", "lgwan", "mynumber"]
+
+
+class Secret:
+    """A secret value resolved from `env:NAME` or `file:/path`; repr and str hide it."""
+
+    __slots__ = ("_reference", "_value")
+
+    def __init__(self, value: str, reference: str = "inline") -> None:
+        self._value = value
+        self._reference = reference
+
+    def reveal(self) -> str:
+        return self._value
+
+    @property
+    def reference(self) -> str:
+        return self._reference
+
+    def __repr__(self) -> str:
+        return f"Secret({self._reference!r})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class TLSSettings:
+    """TLS for the public listener. `self_signed` generates a certificate (demo mode only)."""
+
+    enabled: bool = True
+    cert_file: str | None = None
+    key_file: str | None = None
+    self_signed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    listen: tuple[ListenAddress, ...] = (ListenAddress("127.0.0.1", 8443),)
+    admin_listen: ListenAddress = ListenAddress("127.0.0.1", 9100)
+    workers: int = 1
+    data_dir: str = "./var"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    cookie_name: str = "__Host-sekisho"
+    idle_timeout: float = 30 * 60
+    absolute_lifetime: float = 12 * 3600
+    # How long a gateway process may trust a session it looked up before asking storage again.
+    cache_ttl: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleSettings:
+    account_max_failures: int = 5
+    ip_max_failures: int = 20
+    lockout: float = 15 * 60
+    base_delay: float = 1.0
+    max_delay: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_header_count: int = 100
+    max_header_bytes: int = 16 * 1024
+    max_url_bytes: int = 8 * 1024
+    max_form_bytes: int = 64 * 1024  # bodies of the gateway's own forms
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 5.0
+    read: float = 60.0  # upstream: time to the response head, and between body chunks
+    idle: float = 75.0  # client keep-alive idle
+    header: float = 15.0  # client: time to send a complete request head
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSettings:
+    flush_interval: float = 0.2
+    batch_max: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class AssertionSettings:
+    issuer: str = "sekisho"
+    lifetime: float = 60.0
+    header: str = "X-Sekisho-Assertion"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    id: str
+    host: str  # lower-case, no port
+    path_prefix: str  # normalised, starts with "/"
+    to: str  # upstream base URL, http:// or https://
+    segment: Segment = "internet"
+    policy: str = ""  # name in `Config.policies`; inline policies get the name "route:<id>"
+    websocket: bool = False
+    allow_ambiguous_paths: bool = False
+    preserve_host: bool = False
+    timeouts: Timeouts | None = None  # None: the global timeouts
+    title: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str  # file path the snapshot came from ("<demo>" for the embedded default)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    tls: TLSSettings = field(default_factory=TLSSettings)
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    storage_url: Secret = field(default_factory=lambda: Secret("sqlite:///./var/sekisho.db"))
+    session: SessionSettings = field(default_factory=SessionSettings)
+    throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
+    limits: Limits = field(default_factory=Limits)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    assertion: AssertionSettings = field(default_factory=AssertionSettings)
+    # Policy name -> the raw policy document ({"allow": ..., "deny": ...}), compiled by policy/.
+    policies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    routes: tuple[Route, ...] = ()
+    default_language: Literal["ja", "en"] = "ja"
+    timezone: str = "Asia/Tokyo"

@@ -1,0 +1,108 @@
+"""Shared fixtures: databases on SQLite and on a real PostgreSQL, ports, the test clock.
+
+PostgreSQL tests are marked `postgres`. Without a server (SEKISHO_TEST_PG_URL unset and
+nothing on 127.0.0.1:5432) they are skipped with a note on how to enable them — unless
+SEKISHO_REQUIRE_POSTGRES=1 (set by `.ci/run`), which turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from sekisho.storage.database import create_database_engine, upgrade
+
+PG_URL = os.environ.get("SEKISHO_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REQUIRE_PG = os.environ.get("SEKISHO_REQUIRE_POSTGRES") == "1"
+_PG_HELP = (
+    "PostgreSQL not reachable at {url}: start one (trust auth, database `test`) or set "
+    "SEKISHO_TEST_PG_URL to run these tests"
+)
+
+
+def _postgres_available() -> bool:
+    try:
+        engine = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+        with engine.connect() as connection:
+            connection.execute(text("select 1"))
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+_PG_OK: bool | None = None
+
+
+def postgres_or_skip() -> None:
+    global _PG_OK
+    if _PG_OK is None:
+        _PG_OK = _postgres_available()
+    if not _PG_OK:
+        message = _PG_HELP.format(url=PG_URL)
+        if REQUIRE_PG:
+            pytest.fail(message + " (SEKISHO_REQUIRE_POSTGRES=1)")
+        pytest.skip(message)
+
+
+@pytest.fixture
+def pg_schema_url() -> Iterator[str]:
+    """A URL to a fresh, empty schema on the real PostgreSQL, dropped afterwards."""
+    postgres_or_skip()
+    schema = "t_" + secrets.token_hex(6)
+    admin = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    options = quote(f"-csearch_path={schema}")
+    sep = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{sep}options={options}"
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> str:
+    """A migrated, empty database URL: once on SQLite (WAL), once on real PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/sekisho.db"
+    else:
+        url = request.getfixturevalue("pg_schema_url")
+    engine = create_database_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_database_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    skipped = [
+        report for report in terminalreporter.stats.get("skipped", [])
+        if "PostgreSQL not reachable" in str(report.longrepr)
+    ]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} PostgreSQL tests skipped: no server at {PG_URL}. Start PostgreSQL "
+            "or set SEKISHO_TEST_PG_URL; SEKISHO_REQUIRE_POSTGRES=1 makes this a failure.",
+            yellow=True,
+        )
