@@ -1,0 +1,1 @@
+"""Who is asking: local accounts, passwords, sessions, sign-in pages and throttling."""

@@ -1,0 +1,26 @@
+"""The signed-in principal as the gateway sees it: a plain value, safe to cache briefly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    session_id: str  # sha256 hex of the cookie token (the storage key), never the token
+    user_id: int
+    username: str
+    display_name: str
+    email: str
+    groups: frozenset[str]
+    auth_methods: frozenset[str]  # e.g. {"pwd"}; later issues add "totp", "webauthn" …
+    auth_time: datetime  # UTC, last primary proof
+    created_at: datetime  # UTC
+    expires_at: datetime  # UTC, absolute lifetime
+    source_ip: str = ""
+
+    @property
+    def short_id(self) -> str:
+        """First 12 hex digits: enough to name a session in logs, useless to hijack it."""
+        return self.session_id[:12]
