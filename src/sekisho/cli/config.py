@@ -1,10 +1,64 @@
-"""`sekisho config` (under construction in this session)."""
+"""`sekisho check-config FILE`, `sekisho config check FILE`, `sekisho config schema`.
+
+check-config validates without starting anything: exit 0 with a one-line summary, or exit 1
+listing every problem (file:line: field: expected …). It never prints a traceback or a
+secret: an unexpected failure is reported by its type name only.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+from sekisho.errors import ConfigError
+
+
+def _check(args: argparse.Namespace) -> int:
+    from sekisho.config import load_config
+
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(exc.description, file=sys.stderr)
+        return 1
+    except Exception as exc:  # no traceback: it could carry a secret from a local variable
+        print(
+            f"{args.file}: 内部エラーのため検査できません / internal error while checking "
+            f"({type(exc).__name__})",
+            file=sys.stderr,
+        )
+        return 1
+    routes, policies = len(config.routes), len(config.policies)
+    print(
+        f"OK: {routes} route{'s' if routes != 1 else ''}, "
+        f"{policies} polic{'ies' if policies != 1 else 'y'} "
+        f"({args.file}, sha256 {config.digest[:12]})"
+    )
+    return 0
+
+
+def _schema(_args: argparse.Namespace) -> int:
+    from sekisho.config.reference import schema_text
+
+    sys.stdout.write(schema_text())
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("config", help="(under construction)")
-    parser.set_defaults(handler=lambda _args: 1)
+    check_help = (
+        "設定ファイルを検査する（起動しない）/ validate a configuration file without starting"
+    )
+    top = subparsers.add_parser("check-config", help=check_help, description=check_help)
+    top.add_argument("file", metavar="FILE", help="設定ファイル / configuration file")
+    top.set_defaults(handler=_check)
+
+    group = subparsers.add_parser(
+        "config", help="設定ファイルの検査とスキーマ / configuration tools"
+    )
+    actions = group.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    check = actions.add_parser("check", help=check_help, description=check_help)
+    check.add_argument("file", metavar="FILE", help="設定ファイル / configuration file")
+    check.set_defaults(handler=_check)
+    schema_help = "JSON Schema を表示する / print the configuration JSON Schema"
+    schema = actions.add_parser("schema", help=schema_help, description=schema_help)
+    schema.set_defaults(handler=_schema)

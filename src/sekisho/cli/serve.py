@@ -1,10 +1,47 @@
-"""`sekisho serve` (under construction in this session)."""
+"""`sekisho serve`: run the gateway from a configuration file, or the embedded demo."""
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
+
+from sekisho.cli._common import add_config_option
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("serve", help="(under construction)")
-    parser.set_defaults(handler=lambda _args: 1)
+    parser = subparsers.add_parser(
+        "serve",
+        help="ゲートウェイを起動 / run the gateway",
+        description="ゲートウェイを起動します。--demo は SQLite・デモ用アプリ・デモ利用者で起動します。 "
+        "Run the gateway; --demo runs the embedded demo (SQLite, demo apps and users).",
+    )
+    add_config_option(parser)
+    parser.add_argument("--demo", action="store_true",
+                        help="組み込みのデモ構成で起動 / run the embedded demo")
+    parser.add_argument("--data-dir", default="./var/demo",
+                        help="デモのデータ置き場 / demo data directory (default ./var/demo)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="ワーカープロセス数 (server.workers を上書き) / worker processes")
+    parser.add_argument("--worker-process", action="store_true", help=argparse.SUPPRESS)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sekisho import app
+    from sekisho.observability import logs
+
+    logs.configure(os.environ.get("SEKISHO_LOG_LEVEL", "INFO"))
+    if args.demo or not args.config:
+        from sekisho.demo.setup import prepare_demo
+
+        launch = prepare_demo(Path(args.data_dir), args.workers)
+        return app.serve(launch)
+    from sekisho.config.loader import load_config
+
+    config = app.with_workers(load_config(args.config), args.workers)
+    if args.worker_process:
+        app._run(lambda: app.run_worker(
+            app.Launch(config, args.config, 1), reuse_port=True, admin=False, audit_reloads=False))
+        return 0
+    return app.serve(app.Launch(config, args.config, config.server.workers))

@@ -150,3 +150,5 @@ class Config:
     routes: tuple[Route, ...] = ()
     default_language: Literal["ja", "en"] = "ja"
     timezone: str = "Asia/Tokyo"
+    # sha256 (hex) of the file the snapshot was loaded from, for the ConfigReloaded audit event.
+    digest: str = ""

@@ -136,3 +136,13 @@ class SigningKey(Base):
     public_jwk: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTC)
     retired_at: Mapped[datetime | None] = mapped_column(UTC, nullable=True)
+
+
+class InstallationSecret(Base):
+    """Random per-installation secrets (e.g. the CSRF HMAC key), shared by every worker."""
+
+    __tablename__ = "installation_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))  # base64url of the random bytes
+    created_at: Mapped[datetime] = mapped_column(UTC)

@@ -1,0 +1,341 @@
+"""Composition root: read the configuration, wire the parts, run the processes.
+
+No request logic lives here. One process serves a small town; `server.workers: N` forks N
+gateway workers that share the listening port (SO_REUSEPORT) while the master keeps the
+admin listener, validates reloads once, and restarts a worker that dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import signal
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sekisho.config.model import Config
+from sekisho.errors import ConfigError, SekishoError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from sekisho.audit.log import AuditLog
+    from sekisho.runtime import Runtime
+
+log = logging.getLogger("sekisho.app")
+
+GRACE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What `sekisho serve` was asked to run."""
+
+    config: Config
+    config_path: str | None  # None in demo mode: the demo config is rebuilt, not re-read
+    workers: int
+    banner: Callable[[Config], str] | None = None
+
+
+class RuntimeHolder:
+    """The current snapshot. Swapping is one attribute store: requests in flight keep theirs."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._current = runtime
+
+    def get(self) -> Runtime:
+        return self._current
+
+    def swap(self, runtime: Runtime) -> None:
+        self._current = runtime
+
+
+def digest_of(path: str | None, config: Config) -> str:
+    if path is None:
+        return hashlib.sha256(repr(config.routes).encode()).hexdigest()
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _restart_needed(old: Config, new: Config) -> list[str]:
+    """Settings a reload cannot change: they bind sockets or open storage."""
+    changed = []
+    if old.server.listen != new.server.listen:
+        changed.append("server.listen")
+    if old.server.admin_listen != new.server.admin_listen:
+        changed.append("server.admin_listen")
+    if old.server.workers != new.server.workers:
+        changed.append("server.workers")
+    if old.storage_url != new.storage_url:
+        changed.append("storage.url")
+    if old.tls != new.tls:
+        changed.append("tls")
+    return changed
+
+
+def load_snapshot(path: str) -> tuple[Runtime, str]:
+    from sekisho.config.loader import load_config
+    from sekisho.runtime import build_runtime
+
+    config = load_config(path)
+    digest = digest_of(path, config)
+    return build_runtime(config, digest), digest
+
+
+def reload(path: str | None, holder: RuntimeHolder, audit: AuditLog | None) -> bool:
+    """Validate the file and swap the snapshot; on any error keep the old one (logged)."""
+    from sekisho.audit.events import ConfigRejected, ConfigReloaded
+
+    if path is None:
+        log.info("reload ignored: demo mode has no configuration file")
+        return False
+    try:
+        runtime, digest = load_snapshot(path)
+    except (SekishoError, OSError) as exc:
+        message = str(exc) if isinstance(exc, SekishoError) else f"cannot read {path}"
+        log.error("configuration reload refused; the previous configuration stays in force",
+                  extra={"fields": {"source": path, "error": message}})
+        if audit is not None:
+            audit.append_sync(ConfigRejected(source=path, error=message[:2000]))
+        return False
+    old = holder.get().config
+    pending = _restart_needed(old, runtime.config)
+    if pending:
+        log.warning("these settings change only at restart", extra={"fields": {"settings": pending}})
+    holder.swap(runtime)
+    log.info("configuration reloaded", extra={"fields": {"source": path, "sha256": digest}})
+    if audit is not None:
+        audit.append_sync(ConfigReloaded(
+            source=path, sha256=digest, routes=len(runtime.config.routes),
+            policies=len(runtime.config.policies),
+        ))
+    return True
+
+
+def server_ssl_context(config: Config) -> ssl.SSLContext | None:
+    from sekisho.gateway import tls
+
+    if not config.tls.enabled:
+        return None
+    if config.tls.self_signed:
+        hosts = sorted({route.host for route in config.routes})
+        cert, key = tls.self_signed(Path(config.server.data_dir), hosts)
+        return tls.server_context(str(cert), str(key))
+    assert config.tls.cert_file and config.tls.key_file
+    return tls.server_context(config.tls.cert_file, config.tls.key_file)
+
+
+def open_storage(config: Config) -> Engine:
+    from sekisho.storage.database import create_database_engine, require_current_schema
+
+    engine = create_database_engine(config.storage_url.reveal())
+    require_current_schema(engine)
+    return engine
+
+
+# --------------------------------------------------------------------------- worker
+
+
+async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_reloads: bool) -> None:
+    """One gateway process: storage, audit writer, sessions, keys, sign-in pages, gateway."""
+    from sekisho.audit.log import AuditLog
+    from sekisho.gateway.keys import KeyRing
+    from sekisho.gateway.server import Gateway
+    from sekisho.identity.sessions import SessionManager
+    from sekisho.identity.signin import build_signin_handlers
+    from sekisho.runtime import build_runtime
+
+    config = launch.config
+    engine = open_storage(config)
+    holder = RuntimeHolder(build_runtime(config, digest_of(launch.config_path, config)))
+    audit = AuditLog(
+        engine,
+        flush_interval=config.audit.flush_interval,
+        batch_max=config.audit.batch_max,
+    )
+    audit.start()
+    sessions = SessionManager(engine, config.session)
+    keyring = KeyRing(engine)
+    keyring.load()
+    handlers = build_signin_handlers(
+        current_config=lambda: holder.get().config,
+        engine=engine,
+        sessions=sessions,
+        audit=audit,
+    )
+    gateway = Gateway(holder.get, sessions, audit, keyring, handlers)
+    ssl_context = server_ssl_context(config)
+    await gateway.start(config.server.listen, ssl_context, reuse_port=reuse_port)
+
+    admin_server = None
+    if admin:
+        admin_server = await _start_admin(config, engine, audit, keyring.jwks_json)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_hup() -> None:
+        keyring.load()
+        reload(launch.config_path, holder, audit if audit_reloads else None)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if launch.banner is not None and admin:
+        print(launch.banner(config), flush=True)
+    log.info("gateway started", extra={"fields": {
+        "pid": os.getpid(), "listen": [str(a) for a in config.server.listen]}})
+    await stop.wait()
+    log.info("shutting down", extra={"fields": {"pid": os.getpid()}})
+    await gateway.close(GRACE_SECONDS)
+    if admin_server is not None:
+        await admin_server.close()
+    await asyncio.to_thread(audit.close)
+    engine.dispose()
+
+
+async def _start_admin(
+    config: Config, engine: Engine, audit: AuditLog | None, jwks: Callable[[], bytes]
+) -> object:
+    from sekisho.observability.admin import AdminServer
+    from sekisho.storage.database import require_current_schema
+
+    async def ready() -> tuple[bool, dict[str, str]]:
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.to_thread(require_current_schema, engine)
+            checks["storage"] = "ok"
+        except SekishoError as exc:
+            checks["storage"] = exc.code
+        if audit is not None:
+            checks["audit"] = "ok" if audit.healthy else "unavailable"
+        return all(v == "ok" for v in checks.values()), checks
+
+    registry = None
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import CollectorRegistry, multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    server = AdminServer(ready, jwks, registry)
+    await server.start(config.server.admin_listen.host, config.server.admin_listen.port)
+    return server
+
+
+def _run(coro_factory: Callable[[], object]) -> None:
+    import uvloop
+
+    uvloop.run(coro_factory())  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- master
+
+
+def serve(launch: Launch) -> int:
+    """Run in the foreground until SIGTERM/SIGINT."""
+    workers = max(1, launch.workers)
+    if workers == 1:
+        _run(lambda: run_worker(launch, reuse_port=False, admin=True, audit_reloads=True))
+        return 0
+    return _serve_forked(launch, workers)
+
+
+def _serve_forked(launch: Launch, workers: int) -> int:
+    """Master: start workers as child processes, keep the admin listener, relay signals."""
+    import subprocess
+
+    from sekisho.audit.log import AuditLog
+    from sekisho.gateway.keys import KeyRing
+
+    if launch.config_path is None:
+        return fail("several workers need a configuration file (server.workers > 1)")
+    metrics_dir = Path(launch.config.server.data_dir) / "metrics"
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    for stale in metrics_dir.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    command = [sys.executable, "-m", "sekisho", "serve", "--config", launch.config_path,
+               "--worker-process"]
+    children: list[subprocess.Popen[bytes]] = []
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL)  # noqa: S603 (our own argv)
+
+    async def master() -> None:
+        from prometheus_client import multiprocess
+
+        engine = open_storage(launch.config)
+        keyring = KeyRing(engine)
+        keyring.load()
+        audit = AuditLog(engine, flush_interval=launch.config.audit.flush_interval)
+        audit.start()
+        holder = RuntimeHolder(_build(launch))
+        children.extend(spawn() for _ in range(workers))
+        admin_server = await _start_admin(launch.config, engine, audit, keyring.jwks_json)
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def on_hup() -> None:
+            keyring.load()
+            reload(launch.config_path, holder, audit)
+            for child in children:
+                with contextlib.suppress(ProcessLookupError):
+                    child.send_signal(signal.SIGHUP)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        if launch.banner is not None:
+            print(launch.banner(launch.config), flush=True)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+            for index, child in enumerate(children):
+                if child.poll() is not None and not stop.is_set():
+                    multiprocess.mark_process_dead(child.pid)  # type: ignore[no-untyped-call]
+                    log.error("worker exited; restarting", extra={"fields": {
+                        "pid": child.pid, "status": child.returncode}})
+                    await asyncio.sleep(0.5)
+                    children[index] = spawn()
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_SECONDS + 5
+        while any(c.poll() is None for c in children) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+        await admin_server.close()  # type: ignore[attr-defined]
+        await asyncio.to_thread(audit.close)
+        engine.dispose()
+
+    _run(master)
+    return 0
+
+
+def _build(launch: Launch) -> Runtime:
+    from sekisho.runtime import build_runtime
+
+    return build_runtime(launch.config, digest_of(launch.config_path, launch.config))
+
+
+def with_workers(config: Config, workers: int | None) -> Config:
+    if workers is None:
+        return config
+    return replace(config, server=replace(config.server, workers=workers))
+
+
+def fail(message: str) -> int:
+    print(f"sekisho: {message}", file=sys.stderr)
+    return 2
+
+
+__all__ = ["ConfigError", "Launch", "RuntimeHolder", "reload", "serve", "with_workers"]

@@ -1,0 +1,323 @@
+"""The audit log of one process: a single writer thread with group commit, failing closed.
+
+Access decisions are `record()`ed without waiting: they join an in-memory queue that the
+writer commits every `flush_interval` seconds (or sooner when `batch_max` are waiting), so a
+hard kill loses at most the events of the last moments (see docs/audit.md). Sign-ins and admin
+changes are `append()`ed durably: they join the next batch, trigger it at once, and return only
+after the commit. If the database fails, the writer keeps the events and retries with back-off,
+and meanwhile every `record()`/`append()` raises `AuditUnavailable` so the gateway denies:
+no request is served that the audit log cannot record (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from sekisho.audit.chain import canonical_json
+from sekisho.audit.events import AuditEvent
+from sekisho.errors import SekishoError
+from sekisho.storage.audit_log import PendingRecord, append_batch, check_writable
+
+log = logging.getLogger("sekisho.audit")
+
+_UNAVAILABLE = "監査ログに記録できません / the audit log cannot record events"
+
+
+class AuditUnavailable(SekishoError):
+    """The audit log cannot take the event now; the caller must deny (fail closed)."""
+
+    code = "audit-unavailable"
+    status = 503
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+_FIELDS: dict[type[AuditEvent], tuple[str, ...]] = {}
+
+
+def _fields_of(event: AuditEvent) -> dict[str, Any]:
+    cls = type(event)
+    names = _FIELDS.get(cls)
+    if names is None:
+        if not cls.event_type:
+            raise TypeError(f"{cls.__name__} has no event_type and cannot be appended")
+        names = _FIELDS[cls] = tuple(field.name for field in dataclasses.fields(event))
+    return {name: getattr(event, name) for name in names}
+
+
+def _settle(future: concurrent.futures.Future[int], outcome: int | BaseException) -> None:
+    """Resolve a waiter's future; one whose awaiting task was cancelled is left alone (its
+    event is committed all the same)."""
+    try:
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    except KeyError:
+        pass
+
+
+class _Item:
+    """One queued entry: an event (or a flush marker when `record` is None)."""
+
+    __slots__ = ("durable", "future", "queued_at", "record")
+
+    def __init__(self, record: PendingRecord | None, future: concurrent.futures.Future[int] | None,
+                 durable: bool, queued_at: float) -> None:
+        self.record = record
+        self.future = future
+        self.durable = durable
+        self.queued_at = queued_at
+
+
+class AuditLog:
+    """Implements `sekisho.services.AuditSink` over the database hash chain."""
+
+    retry_initial = 0.05  # seconds; doubles per failed attempt
+    retry_max = 1.0
+    transaction_max = 10_000  # events per transaction, so the chain-head lock is held briefly
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        now: Callable[[], datetime] = _utcnow,
+        flush_interval: float = 0.2,
+        batch_max: int = 1000,
+        queue_max: int = 100_000,
+        max_lag: float = 0.5,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._engine = engine
+        self._now = now
+        self._flush_interval = flush_interval
+        self._batch_max = batch_max
+        self._queue_max = queue_max
+        # Refuse new events when the oldest uncommitted one is older than this: it bounds how
+        # much a hard kill can lose even when the writer falls behind.
+        self._max_lag = max_lag
+        self._monotonic = monotonic
+        self._queue: deque[_Item] = deque()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._healthy = True
+        self._closed = False
+        self._stopping = False
+        self._give_up_at = float("inf")
+        self._held: list[_Item] | None = None  # a batch whose commit failed, retried as is
+        self._inflight_since: float | None = None
+        self.committed = 0
+        self.failures = 0
+
+    # -- producers -------------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        """False while commits fail, the writer lags too far behind, or after close()."""
+        return self._healthy and not self._closed and not self._lagging(self._monotonic())
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue) + len(self._held or ())
+
+    def record(self, event: AuditEvent) -> None:
+        """Queue an event for the next group commit; never blocks. Thread-safe."""
+        queued_at = self._admit()
+        self._queue.append(_Item(self._pending(event), None, False, queued_at))
+        if len(self._queue) >= self._batch_max and not self._wake.is_set():
+            self._wake.set()
+
+    async def append(self, event: AuditEvent) -> None:
+        """Append durably: returns once the event is committed, raises AuditUnavailable if not."""
+        if self._thread is None:
+            await asyncio.to_thread(self.append_sync, event)
+            return
+        await asyncio.wrap_future(self._submit(event))
+
+    def append_sync(self, event: AuditEvent, timeout: float = 30.0) -> int:
+        """Append durably from synchronous code (the CLI); return the event's seq."""
+        if self._thread is None:
+            self._admit()
+            try:
+                return append_batch(self._engine, [self._pending(event)])
+            except Exception as exc:
+                raise AuditUnavailable(_UNAVAILABLE) from exc
+        future = self._submit(event)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise AuditUnavailable(_UNAVAILABLE) from None
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every event queued before this call is committed."""
+        if self._thread is None:
+            self._drain()
+            return
+        future: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._queue.append(_Item(None, future, False, self._monotonic()))
+        self._wake.set()
+        try:
+            future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise AuditUnavailable(_UNAVAILABLE) from None
+
+    def _admit(self) -> float:
+        if self._closed:
+            raise AuditUnavailable(_UNAVAILABLE + " (closed)")
+        if not self._healthy:
+            raise AuditUnavailable(_UNAVAILABLE + " (database failing)")
+        if len(self._queue) >= self._queue_max:
+            raise AuditUnavailable(_UNAVAILABLE + " (queue full)")
+        queued_at = self._monotonic()
+        if self._lagging(queued_at):
+            raise AuditUnavailable(_UNAVAILABLE + " (writer behind)")
+        return queued_at
+
+    def _lagging(self, now: float) -> bool:
+        oldest = self._inflight_since
+        if oldest is None:
+            try:
+                oldest = self._queue[0].queued_at
+            except IndexError:
+                return False
+        return now - oldest > self._max_lag
+
+    def _pending(self, event: AuditEvent) -> PendingRecord:
+        occurred_at = self._now()
+        if occurred_at.tzinfo is None:
+            occurred_at = occurred_at.replace(tzinfo=UTC)
+        body = canonical_json(event.event_type, occurred_at, _fields_of(event))
+        return PendingRecord(event.event_type, occurred_at, event.actor, body)
+
+    def _submit(self, event: AuditEvent) -> concurrent.futures.Future[int]:
+        queued_at = self._admit()
+        future: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._queue.append(_Item(self._pending(event), future, True, queued_at))
+        self._wake.set()
+        return future
+
+    # -- the writer ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="sekisho-audit-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop accepting events and commit everything queued; raises if some could not be."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stopping = True
+        self._give_up_at = self._monotonic() + timeout
+        if self._thread is not None:
+            self._wake.set()
+            self._thread.join(timeout)
+        if self._thread is None or not self._thread.is_alive():
+            # A producer that passed `_admit` just before close may have appended since.
+            self._drain()
+        left = self.pending
+        if left:
+            log.error("audit: %d events could not be written before shutdown", left)
+            raise AuditUnavailable(f"{_UNAVAILABLE} ({left} events not written)")
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:
+            # The writer must never vanish silently: if it dies, every producer is refused.
+            self._healthy = False
+            log.exception("audit: writer thread failed; refusing new events")
+            raise
+
+    def _loop(self) -> None:
+        next_flush = self._monotonic() + self._flush_interval
+        while True:
+            delay = next_flush - self._monotonic()
+            if delay > 0:
+                self._wake.wait(delay)
+            self._wake.clear()
+            self._drain()
+            next_flush = self._monotonic() + self._flush_interval
+            if self._stopping and (not self.pending or self._monotonic() > self._give_up_at):
+                return
+
+    def _take(self) -> list[_Item]:
+        queue = self._queue
+        count = min(len(queue), self.transaction_max)
+        if count:
+            self._inflight_since = queue[0].queued_at
+        return [queue.popleft() for _ in range(count)]
+
+    def _drain(self) -> None:
+        """Commit batches until the queue is empty; on failure keep the batch and retry."""
+        attempt = 0
+        while True:
+            batch = self._held or self._take()
+            if not batch and (self._healthy or self._stopping):
+                return
+            records = [item.record for item in batch if item.record is not None]
+            try:
+                if records:
+                    last_seq = append_batch(self._engine, records)
+                else:
+                    last_seq = 0
+                    if not self._healthy:
+                        check_writable(self._engine)  # nothing held: probe before recovering
+            except Exception as exc:
+                attempt += 1
+                self._fail(batch, exc, attempt)
+                if self._stopping and self._monotonic() > self._give_up_at:
+                    return
+                time.sleep(min(self.retry_max, self.retry_initial * 2 ** (attempt - 1)))
+                continue
+            attempt = 0
+            self._held = None
+            self._inflight_since = None
+            if not self._healthy:
+                log.warning("audit: database writable again; %d held events committed",
+                            len(records))
+            self._healthy = True
+            self.committed += len(records)
+            seq = last_seq - len(records)
+            for item in batch:
+                if item.record is not None:
+                    seq += 1
+                if item.future is not None:
+                    _settle(item.future, seq)
+
+    def _fail(self, batch: list[_Item], exc: Exception, attempt: int) -> None:
+        self.failures += 1
+        if self._healthy:
+            log.error("audit: commit failed (%s: %s); denying requests until it recovers",
+                      type(exc).__name__, str(exc)[:200])
+        self._healthy = False
+        # Durable callers learn now that their event is not written and deny their action;
+        # so that the log never records an action that was refused, their events leave the
+        # batch. Access decisions already happened: those are kept and retried.
+        kept: list[_Item] = []
+        for item in batch:
+            if item.durable and item.future is not None:
+                _settle(item.future, AuditUnavailable(_UNAVAILABLE))
+            else:
+                kept.append(item)
+        self._held = kept
+        if not kept:
+            self._inflight_since = None
+        elif attempt == 1:
+            log.warning("audit: holding %d events for retry", len(kept))

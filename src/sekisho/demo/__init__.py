@@ -1,0 +1,1 @@
+"""The embedded demo: internal apps and users for `make run`. Never used outside demo mode."""

@@ -1,0 +1,166 @@
+"""Header hygiene between a client and an upstream: pure functions over header lists.
+
+Rules (each blocks an attack):
+- hop-by-hop headers (Connection and the names it lists, Keep-Alive, TE, Trailer, …) are
+  dropped: a client must not make us strip an identity header by listing it in Connection;
+- every header the gateway owns (`X-Sekisho-*`, any case, `_` for `-`) is dropped, so a
+  client can never forge an assertion or identity header (WSGI/CGI stacks fold `_` into `-`);
+- `Forwarded` and `X-Forwarded-*` are rebuilt from the TCP peer; incoming values are trusted
+  only when the peer is a configured trusted proxy (spoofed client address);
+- the gateway's own session and CSRF cookies are removed, so upstreams never see tokens.
+Names are compared lower-case with `_` read as `-`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+
+from sekisho.config.model import IPNetwork
+
+Header = tuple[bytes, bytes]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade", b"proxy-authorization", b"proxy-authenticate",
+})
+# Rebuilt by the gateway for every forwarded request; the client's copies never pass.
+MANAGED = frozenset({
+    b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+    b"x-forwarded-port", b"x-real-ip", b"content-length", b"host", b"expect",
+})
+OWNED_PREFIX = b"x-sekisho"
+
+
+def canonical_name(name: bytes) -> bytes:
+    return name.lower().replace(b"_", b"-")
+
+
+def connection_tokens(headers: Iterable[Header]) -> frozenset[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if canonical_name(name) == b"connection":
+            tokens.update(canonical_name(t.strip()) for t in value.split(b",") if t.strip())
+    return frozenset(tokens)
+
+
+def strip_cookies(value: bytes, names: frozenset[bytes]) -> bytes:
+    """The Cookie header value without the named cookies (b"" when none remain)."""
+    kept = []
+    for part in value.split(b";"):
+        pair = part.strip()
+        if not pair:
+            continue
+        if pair.split(b"=", 1)[0].strip() in names:
+            continue
+        kept.append(pair)
+    return b"; ".join(kept)
+
+
+def upstream_headers(
+    headers: Sequence[Header],
+    *,
+    cookie_names: frozenset[bytes],
+    websocket: bool = False,
+) -> list[Header]:
+    """The client's end-to-end headers that may reach the upstream, in arrival order.
+
+    With `websocket`, `Upgrade`/`Connection: upgrade` and the `Sec-WebSocket-*` headers pass.
+    """
+    listed = connection_tokens(headers)
+    out: list[Header] = []
+    for name, value in headers:
+        key = canonical_name(name)
+        if key in HOP_BY_HOP or key in MANAGED or key.startswith(OWNED_PREFIX):
+            continue
+        if key in listed:
+            continue  # named in Connection: hop-by-hop by declaration
+        if key == b"cookie":
+            value = strip_cookies(value, cookie_names)
+            if not value:
+                continue
+        out.append((name, value))
+    if websocket:
+        out.append((b"Connection", b"Upgrade"))
+        out.append((b"Upgrade", b"websocket"))
+    return out
+
+
+def response_headers(headers: Sequence[Header]) -> list[Header]:
+    """Upstream response headers without hop-by-hop ones and framing (re-added by us)."""
+    listed = connection_tokens(headers)
+    return [
+        (name, value) for name, value in headers
+        if (key := canonical_name(name)) not in HOP_BY_HOP
+        and key != b"content-length" and key not in listed
+    ]
+
+
+def _parse_ip(text: bytes) -> IPAddress | None:
+    value = text.strip().decode("latin-1")
+    if value.startswith("[") and "]" in value:
+        value = value[1:value.index("]")]
+    elif value.count(":") == 1 and "." in value:  # "1.2.3.4:5678"
+        value = value.split(":", 1)[0]
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        return None
+
+
+def _trusted(address: IPAddress, networks: Sequence[IPNetwork]) -> bool:
+    return any(address in net for net in networks)
+
+
+def client_address(
+    peer: IPAddress, xff: Sequence[bytes], trusted: Sequence[IPNetwork]
+) -> tuple[IPAddress, list[IPAddress]]:
+    """(the real client, the X-Forwarded-For chain to send on).
+
+    Incoming X-Forwarded-For is believed only when the TCP peer is a trusted proxy; then the
+    client is the right-most address that is not itself trusted. A malformed entry stops the
+    walk: the last trusted hop is taken as the client rather than anything it passed along.
+    """
+    if not trusted or not _trusted(peer, trusted) or not xff:
+        return peer, [peer]
+    entries = [e for value in xff for e in value.split(b",") if e.strip()]
+    chain: list[IPAddress] = [peer]
+    client = peer
+    for raw in reversed(entries):
+        address = _parse_ip(raw)
+        if address is None:
+            break
+        chain.append(address)
+        client = address
+        if not _trusted(address, trusted):
+            break
+    chain.reverse()
+    return client, chain
+
+
+def forwarded_headers(
+    chain: Sequence[IPAddress], proto: str, host: bytes
+) -> list[Header]:
+    return [
+        (b"X-Forwarded-For", ", ".join(str(a) for a in chain).encode("ascii")),
+        (b"X-Forwarded-Proto", proto.encode("ascii")),
+        (b"X-Forwarded-Host", host),
+    ]
+
+
+def trusted_forwarded_value(
+    headers: Sequence[Header], name: bytes, peer_trusted: bool
+) -> bytes | None:
+    """The last value of X-Forwarded-Proto/-Host, only when the peer is a trusted proxy."""
+    if not peer_trusted:
+        return None
+    found = None
+    for key, value in headers:
+        if canonical_name(key) == name:
+            found = value.split(b",")[-1].strip()
+    return found
+
+
+def is_trusted(peer: IPAddress, trusted: Sequence[IPNetwork]) -> bool:
+    return bool(trusted) and _trusted(peer, trusted)

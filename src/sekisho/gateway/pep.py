@@ -1,0 +1,109 @@
+"""The enforcement decision for one request: session, facts, policy — failing closed.
+
+Everything that can go wrong while deciding (storage down, a policy bug, an audit writer
+that cannot record) ends in a deny; there is no code path from an exception to the upstream.
+A session that cannot be found is "not signed in"; a session store that cannot answer is
+503, never "let it through".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+from sekisho.config.model import Route
+from sekisho.errors import StorageError
+from sekisho.identity.principal import SessionInfo
+from sekisho.policy import Decision, Facts, Policy, evaluate
+from sekisho.services import SessionLookup
+
+log = logging.getLogger("sekisho.gateway")
+
+STORAGE_DENY = Decision(False, ("policy-error",))
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome: a decision, the session behind it, and the status to use on deny."""
+
+    decision: Decision
+    session: SessionInfo | None
+    deny_status: int = 403  # 503 when the deny comes from an internal failure
+
+
+def cookie_value(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """The first value of cookie `name` (raw, no unquoting: tokens are URL-safe)."""
+    for key, value in headers:
+        if len(key) == 6 and key.lower() == b"cookie":
+            for part in value.split(b";"):
+                cookie_name, sep, cookie = part.strip().partition(b"=")
+                if sep and cookie_name == name:
+                    try:
+                        return cookie.strip().decode("ascii")
+                    except UnicodeDecodeError:
+                        return None
+    return None
+
+
+async def find_session(sessions: SessionLookup, token: str | None) -> SessionInfo | None:
+    """The live session for a cookie token; StorageError propagates (caller fails closed)."""
+    if not token or len(token) > 512:
+        return None
+    return await sessions.lookup(token)
+
+
+async def decide(
+    *,
+    sessions: SessionLookup,
+    token: str | None,
+    policy: Policy | None,
+    route: Route,
+    client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    method: str,
+    path: str,
+    host: str,
+    now: float,
+) -> Verdict:
+    try:
+        session = await find_session(sessions, token)
+    except StorageError:
+        log.warning("session storage unavailable: denying (fail closed)")
+        return Verdict(STORAGE_DENY, None, 503)
+    except Exception:
+        log.exception("session lookup failed: denying (fail closed)")
+        return Verdict(STORAGE_DENY, None, 503)
+    if policy is None:
+        return Verdict(STORAGE_DENY, session, 503)
+    try:
+        facts = Facts(
+            authenticated=session is not None,
+            user=session.username if session else None,
+            email=session.email if session else "",
+            groups=session.groups if session else frozenset(),
+            source_ip=client_ip,
+            method=method,
+            path=path,
+            host=host,
+            route=route.id,
+            segment=route.segment,
+            now=datetime.fromtimestamp(now, UTC),
+            auth_methods=session.auth_methods if session else frozenset(),
+            auth_time=session.auth_time if session else None,
+        )
+        decision = evaluate(facts, policy)
+        if not isinstance(decision, Decision) or decision.allow is not True:
+            return Verdict(
+                decision if isinstance(decision, Decision) else STORAGE_DENY, session, 403)
+        return Verdict(decision, session)
+    except Exception:
+        log.exception("policy evaluation failed: denying (fail closed)")
+        return Verdict(STORAGE_DENY, session, 503)
+
+
+def signin_location(scheme: str, host_header: str, target: str) -> str:
+    """Where an unauthenticated browser goes: the sign-in page, back to `target` after."""
+    original = f"{scheme}://{host_header}{target}"
+    return f"{scheme}://{host_header}/.sekisho/signin?rd={quote(original, safe='')}"

@@ -1,0 +1,237 @@
+"""Forwarding one allowed exchange to its upstream and streaming the answer back.
+
+The request head is rebuilt from parsed values (never copied bytes), and the body is
+re-framed by us (Content-Length or chunked), so what the upstream reads as one request is
+exactly what we parsed as one request: no framing disagreement, no smuggling. Bodies stream
+both ways with back-pressure. A WebSocket upgrade, once the upstream answers 101, becomes a
+byte splice between the two sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from sekisho.gateway.connection import ClientConnection, Exchange
+from sekisho.gateway.headers import canonical_name, response_headers
+from sekisho.gateway.upstream import Origin, UpstreamConnection, UpstreamError, UpstreamPool
+
+Header = tuple[bytes, bytes]
+_REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: int
+    bytes_out: int
+    keep_alive: bool
+    upstream_seconds: float
+
+
+def request_head(method: str, path: bytes, host: bytes, headers: Sequence[Header],
+                 exchange: Exchange) -> bytes:
+    parts = [method.encode("ascii"), b" ", path, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    if exchange.chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif exchange.content_length:
+        parts += (b"Content-Length: ", str(exchange.content_length).encode("ascii"), b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def status_line(status: int) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))
+
+
+def _body_sink(upstream: UpstreamConnection, chunked: bool) -> Callable[[bytes], None]:
+    write = upstream.write
+    if not chunked:
+        return lambda chunk: write(chunk) if chunk else None
+
+    def sink(chunk: bytes) -> None:
+        if chunk:
+            write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        else:
+            write(b"0\r\n\r\n")
+
+    return sink
+
+
+async def forward(
+    pool: UpstreamPool,
+    client: ClientConnection,
+    exchange: Exchange,
+    origin: Origin,
+    head: bytes,
+    *,
+    connect_timeout: float,
+    read_timeout: float,
+    websocket: bool,
+    extra_headers: Sequence[Header] = (),
+) -> Outcome:
+    """Send the exchange upstream and stream the response to the client."""
+    loop = client.loop
+    upstream: UpstreamConnection | None = None
+    started = loop.time()
+    for attempt in range(2):
+        upstream = await pool.acquire(origin, connect_timeout, fresh=attempt > 0)
+        upstream.begin(head_only=exchange.method == "HEAD")
+        upstream.client = client
+        client.producer = upstream.transport
+        upstream.write(head)
+        if exchange.has_body:
+            if exchange.expect and not exchange.body_done:
+                client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            sink = _body_sink(upstream, exchange.chunked)
+            for chunk in client.take_pending(exchange):
+                sink(chunk)
+            if exchange.body_done:
+                if exchange.chunked:
+                    sink(b"")
+            else:
+                exchange.sink = sink
+        upstream.arm(read_timeout)
+        try:
+            assert upstream.head is not None
+            await upstream.head
+            break
+        except UpstreamError as exc:
+            upstream.close()
+            # A pooled connection the upstream closed while idle: retry once on a new one,
+            # only when nothing of the body was consumed (so the request can be replayed).
+            if attempt == 0 and upstream.reused and not exc.timeout and not exchange.has_body:
+                continue
+            raise
+    assert upstream is not None
+    upstream_seconds = loop.time() - started
+    status = upstream.status
+
+    if websocket and status == 101:
+        return await _splice(client, exchange, upstream, upstream_seconds)
+
+    headers = response_headers(upstream.headers)
+    has_length = no_body = False
+    for name, value in upstream.headers:
+        if canonical_name(name) == b"content-length":
+            has_length = True
+            headers.append((b"Content-Length", value.strip()))
+    if exchange.method == "HEAD" or status in (204, 304) or status < 200:
+        no_body = True
+    keep_alive = exchange.keep_alive and not exchange.upgrade
+    rechunk = not no_body and not has_length
+    if rechunk and exchange.version == "1.0":
+        rechunk, keep_alive = False, False  # HTTP/1.0: delimit by closing
+    parts = [status_line(status)]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    for name, value in extra_headers:
+        parts += (name, b": ", value, b"\r\n")
+    if rechunk:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    out = b"".join(parts)
+    client.write(out)
+    sent = [0]
+    write = client.write
+    if rechunk:
+        def to_client(chunk: bytes) -> None:
+            sent[0] += len(chunk)
+            write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    else:
+        def to_client(chunk: bytes) -> None:
+            sent[0] += len(chunk)
+            write(chunk)
+    upstream.attach(to_client)
+    try:
+        assert upstream.done is not None
+        await upstream.done
+    except UpstreamError:
+        upstream.close()
+        client.abort()  # the head is out; a truncated body must not look complete
+        raise
+    finally:
+        upstream.disarm()
+        client.producer = None
+    if rechunk:
+        write(b"0\r\n\r\n")
+    if not exchange.body_done:
+        keep_alive = False  # the upstream answered before the body ended: cannot reuse
+        upstream.keep_alive = False
+    exchange.sink = None
+    pool.release(upstream)
+    return Outcome(status, sent[0], keep_alive, upstream_seconds)
+
+
+async def _splice(client: ClientConnection, exchange: Exchange,
+                  upstream: UpstreamConnection, upstream_seconds: float) -> Outcome:
+    """After a 101: forward the upgrade answer, then copy bytes both ways until either closes."""
+    upstream.disarm()
+    parts = [status_line(101)]
+    for name, value in upstream.headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    client.write(b"".join(parts))
+    client_transport, upstream_transport = client.transport, upstream.transport
+    assert client_transport is not None and upstream_transport is not None
+    done: asyncio.Future[None] = client.loop.create_future()
+
+    def finish() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def to_upstream(data: bytes) -> None:
+        upstream_transport.write(data)
+
+    def to_client(data: bytes) -> None:
+        client_transport.write(data)
+
+    upstream.splice = to_client
+    client.splice = to_upstream
+    client.producer = upstream_transport
+    if upstream.upgraded:
+        to_client(upstream.upgraded)
+    if client.upgrade_data:
+        to_upstream(client.upgrade_data)
+    upstream.upgrading = False
+    client.resume("upgrade")
+    close_client, close_upstream = client.close, upstream.close
+
+    def client_gone() -> None:
+        close_upstream()
+        finish()
+
+    def upstream_gone() -> None:
+        close_client()
+        finish()
+
+    client.on_lost = client_gone
+    upstream.client = _Closer(upstream_gone, client)
+    if client.closed:
+        client_gone()
+    if upstream.closed:
+        upstream_gone()
+    await done
+    return Outcome(101, 0, False, upstream_seconds)
+
+
+class _Closer:
+    """Adapts the client for a spliced upstream: flow control passes, close ends both."""
+
+    def __init__(self, on_close: Callable[[], None], client: ClientConnection) -> None:
+        self._on_close = on_close
+        self._client = client
+
+    def pause(self, reason: str) -> None:
+        self._client.pause(reason)
+
+    def resume(self, reason: str) -> None:
+        self._client.resume(reason)
+
+    def close(self) -> None:
+        self._on_close()

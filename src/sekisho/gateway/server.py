@@ -1,0 +1,416 @@
+"""The Gateway: listeners, the per-request enforcement flow, and graceful shutdown.
+
+One request: parse (connection.py) → host and normalised path → route → reserved prefix or
+JWKS → session → policy (pep.py) → audit health → header hygiene + assertion → upstream
+(proxy.py) → audit record and metrics. Each step that cannot complete denies; the snapshot
+(`current()`) is read once per request, so a reload never splits a request across configs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import socket
+import ssl as ssl_module
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from sekisho.audit.events import AccessDecision
+from sekisho.config.model import ListenAddress, Route
+from sekisho.gateway.assertion import AssertionSigner
+from sekisho.gateway.connection import ClientConnection, ConnLimits, Exchange
+from sekisho.gateway.headers import (
+    canonical_name,
+    client_address,
+    forwarded_headers,
+    is_trusted,
+    trusted_forwarded_value,
+    upstream_headers,
+)
+from sekisho.gateway.keys import KeyRing
+from sekisho.gateway.pages import error_page, prefers_english
+from sekisho.gateway.paths import InvalidTarget, Target, normalise, strip_port
+from sekisho.gateway.pep import (
+    STORAGE_DENY,
+    Verdict,
+    cookie_value,
+    decide,
+    find_session,
+    signin_location,
+)
+from sekisho.gateway.proxy import forward, request_head, status_line
+from sekisho.gateway.upstream import Origin, UpstreamError, UpstreamPool, parse_origin
+from sekisho.observability import metrics
+from sekisho.runtime import Runtime
+from sekisho.services import AuditSink, SessionLookup
+from sekisho.web import RESERVED_PREFIX, Handler, Request, Response
+
+log = logging.getLogger("sekisho.gateway")
+
+JWKS_PATH = "/.well-known/sekisho/jwks.json"
+_HOST_RE = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9.\-]+)(:[0-9]{1,5})?$")
+KEY_RELOAD_INTERVAL = 60.0
+
+
+def jwks_response(keyring: KeyRing) -> Response:
+    return Response(200, [("Content-Type", "application/jwk-set+json"),
+                          ("Cache-Control", "public, max-age=300")], keyring.jwks_json)
+
+
+class Gateway:
+    """The identity-aware reverse proxy (PEP). See docs/gateway.md."""
+
+    def __init__(
+        self,
+        current: Callable[[], Runtime],
+        sessions: SessionLookup,
+        audit: AuditSink,
+        keyring: KeyRing,
+        handlers: Mapping[str, Handler],
+        clock: Callable[[], float] = time.time,
+        upstream_ssl: ssl_module.SSLContext | None = None,
+    ) -> None:
+        self.current = current
+        self.sessions = sessions
+        self.audit = audit
+        self.keyring = keyring
+        self.handlers = handlers
+        self.clock = clock
+        self.pool = UpstreamPool(upstream_ssl)
+        self.signer = AssertionSigner(keyring, clock)
+        self.connections: set[ClientConnection] = set()
+        self.closing = False
+        self._servers: list[asyncio.AbstractServer] = []
+        self._origins: dict[str, Origin] = {}
+        self._origin_runtime: Runtime | None = None
+        self._reloader: asyncio.Task[None] | None = None
+        self._requests: dict[tuple[str, int], Any] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def limits(self) -> ConnLimits:
+        config = self.current().config
+        return ConnLimits(config.limits.max_url_bytes, config.limits.max_header_count,
+                          config.limits.max_header_bytes, config.timeouts.header,
+                          config.timeouts.idle)
+
+    async def start(self, listen: Sequence[ListenAddress], ssl: ssl_module.SSLContext | None,
+                    reuse_port: bool = False) -> list[socket.socket]:
+        loop = asyncio.get_running_loop()
+        scheme = "https" if ssl is not None else "http"
+        sockets: list[socket.socket] = []
+        for address in listen:
+            server = await loop.create_server(
+                lambda: ClientConnection(self, scheme), address.host, address.port,
+                ssl=ssl, reuse_port=reuse_port or None, backlog=1024,
+            )
+            self._servers.append(server)
+            sockets.extend(server.sockets)
+        self._reloader = loop.create_task(self._reload_keys())
+        return sockets
+
+    async def close(self, grace: float) -> None:
+        """Stop accepting, let in-flight requests finish for `grace` seconds, then cut."""
+        self.closing = True
+        for server in self._servers:
+            server.close()
+        if self._reloader is not None:
+            self._reloader.cancel()
+        for connection in list(self.connections):
+            if not connection.busy and not connection.queue:
+                connection.close()
+        deadline = time.monotonic() + grace
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):
+            connection.abort()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        self.pool.close()
+
+    async def _reload_keys(self) -> None:
+        while True:
+            await asyncio.sleep(KEY_RELOAD_INTERVAL)
+            try:
+                await asyncio.to_thread(self.keyring.reload)
+            except Exception:
+                log.exception("signing keys could not be reloaded; keeping the current ones")
+
+    # -- per connection -----------------------------------------------------------------------
+
+    async def serve(self, conn: ClientConnection) -> None:
+        try:
+            while True:
+                exchange = await conn.next_exchange()
+                if exchange is None:
+                    return
+                keep = await self.handle(conn, exchange, self.current())
+                if not keep or conn.closed or (self.closing and not conn.queue):
+                    conn.close()
+                    return
+                conn.finished()
+        except Exception:
+            log.exception("connection failed")
+            conn.abort()
+
+    def _origin(self, runtime: Runtime, route: Route) -> Origin:
+        if self._origin_runtime is not runtime:
+            self._origins, self._origin_runtime = {}, runtime
+        origin = self._origins.get(route.id)
+        if origin is None:
+            origin = self._origins[route.id] = parse_origin(route.to)
+        return origin
+
+    def respond(self, conn: ClientConnection, exchange: Exchange, response: Response,
+                keep: bool = True) -> tuple[bool, int]:
+        keep = (keep and exchange.keep_alive and exchange.body_done and not exchange.upgrade
+                and not self.closing)
+        parts = [status_line(response.status)]
+        for name, value in response.headers:
+            parts += (name.encode("latin-1"), b": ", value.encode("utf-8"), b"\r\n")
+        parts += (b"Content-Length: ", str(len(response.body)).encode(), b"\r\n")
+        if not keep:
+            parts.append(b"Connection: close\r\n")
+        parts.append(b"\r\n")
+        if exchange.method != "HEAD":
+            parts.append(response.body)
+        conn.write(b"".join(parts))
+        return keep, len(response.body)
+
+    def page(self, conn: ClientConnection, exchange: Exchange, status: int,
+             reasons: Sequence[str] = ()) -> tuple[bool, int]:
+        accept = language = cookies = ""
+        for name, value in exchange.headers:
+            key = name.lower()
+            if key == b"accept":
+                accept = value.decode("latin-1")
+            elif key == b"accept-language":
+                language = value.decode("latin-1")
+            elif key == b"cookie":
+                cookies += value.decode("latin-1")
+        as_json = "application/json" in accept and "text/html" not in accept
+        response = error_page(status, english=prefers_english(language, cookies),
+                              as_json=as_json, reasons=reasons)
+        keep = status not in (400, 414, 431) and not exchange.error
+        return self.respond(conn, exchange, response, keep)
+
+    # -- one request --------------------------------------------------------------------------
+
+    async def handle(self, conn: ClientConnection, exchange: Exchange, runtime: Runtime) -> bool:
+        started = time.perf_counter()
+        if exchange.error:
+            return self.page(conn, exchange, exchange.error)[0]
+        config = runtime.config
+        host_values = [v for n, v in exchange.headers if n.lower() == b"host"]
+        if len(host_values) != 1:
+            return self.page(conn, exchange, 400)[0]  # missing or doubled Host: host confusion
+        host_header = host_values[0].decode("latin-1").strip().lower()
+        if not _HOST_RE.match(host_header):
+            return self.page(conn, exchange, 400)[0]
+        host = strip_port(host_header)
+        try:
+            target = normalise(exchange.url, host)
+        except InvalidTarget:
+            return self.page(conn, exchange, 400)[0]
+        if not runtime.routes.has_host(host):
+            return self.page(conn, exchange, 404)[0]
+        trusted = config.trusted_proxies
+        peer_trusted = is_trusted(conn.peer, trusted)
+        xff = [v for n, v in exchange.headers if canonical_name(n) == b"x-forwarded-for"] \
+            if peer_trusted else []
+        client_ip, chain = client_address(conn.peer, xff, trusted)
+        proto_value = trusted_forwarded_value(exchange.headers, b"x-forwarded-proto", peer_trusted)
+        scheme = proto_value.decode("latin-1") if proto_value in (b"http", b"https") else \
+            conn.scheme
+
+        if target.path == JWKS_PATH:
+            return self.respond(conn, exchange, jwks_response(self.keyring))[0]
+        if target.path.startswith(RESERVED_PREFIX):
+            return await self._reserved(conn, exchange, runtime, target, host, host_header,
+                                        str(client_ip), scheme)
+        route = runtime.routes.match(host, target.path)
+        if route is None:
+            return self.page(conn, exchange, 404)[0]
+        if target.ambiguous and not route.allow_ambiguous_paths:
+            return self.page(conn, exchange, 400)[0]  # path confusion: see gateway.paths
+
+        token = cookie_value(exchange.headers, config.session.cookie_name.encode("latin-1"))
+        verdict = await decide(
+            sessions=self.sessions, token=token, policy=runtime.policies.get(route.policy),
+            route=route, client_ip=client_ip, method=exchange.method, path=target.path,
+            host=host, now=self.clock(),
+        )
+        if verdict.decision.allow and not getattr(self.audit, "healthy", True):
+            verdict = Verdict(STORAGE_DENY, verdict.session, 503)  # cannot audit: deny
+        if not verdict.decision.allow:
+            return self._deny(conn, exchange, route, target, verdict, client_ip, scheme,
+                              host_header, started)
+
+        session = verdict.session
+        status, bytes_out, keep = 502, 0, False
+        try:
+            status, bytes_out, keep = await self._proxy(
+                conn, exchange, runtime, route, target, session, chain, scheme, host_header)
+        except UpstreamError as exc:
+            if exc.started or conn.closed:
+                status, keep = 502, False
+                conn.abort()
+            else:
+                status = 504 if exc.timeout else 502
+                keep, bytes_out = self.page(conn, exchange, status)
+        except Exception:
+            log.exception("proxying failed")
+            status, keep = 502, False
+            conn.abort()
+        self._account(route, verdict, client_ip, exchange, target.path, status,
+                      bytes_out, started)
+        return keep
+
+    async def _proxy(self, conn: ClientConnection, exchange: Exchange, runtime: Runtime,
+                     route: Route, target: Target, session: Any, chain: list[Any],
+                     scheme: str, host_header: str) -> tuple[int, int, bool]:
+        config = runtime.config
+        origin = self._origin(runtime, route)
+        timeouts = route.timeouts or config.timeouts
+        websocket = route.websocket and exchange.upgrade and exchange.method == "GET" and any(
+            n.lower() == b"upgrade" and v.strip().lower() == b"websocket"
+            for n, v in exchange.headers)
+        cookie_name = config.session.cookie_name.encode("latin-1")
+        headers = upstream_headers(
+            exchange.headers,
+            cookie_names=frozenset({cookie_name, cookie_name + b"-csrf", b"sekisho_csrf",
+                                    b"__Host-sekisho-csrf"}),
+            websocket=websocket,
+        )
+        headers += forwarded_headers(chain, scheme, host_header.encode("latin-1"))
+        if session is not None:
+            token = self.signer.token(config.assertion, route.id, session)
+            headers.append((config.assertion.header.encode("ascii"), token.encode("ascii")))
+        path = origin.base_path.encode("ascii") + target.upstream.encode("ascii")
+        if target.query or b"?" in exchange.url:
+            path += b"?" + target.query.encode("latin-1")
+        upstream_host = host_header.encode("latin-1") if route.preserve_host \
+            else origin.host_header
+        head = request_head(exchange.method, path, upstream_host, headers, exchange)
+        outcome = await forward(self.pool, conn, exchange, origin, head,
+                                connect_timeout=timeouts.connect, read_timeout=timeouts.read,
+                                websocket=websocket)
+        self._upstream_latency(route.id).observe(outcome.upstream_seconds)
+        return outcome.status, outcome.bytes_out, outcome.keep_alive
+
+    def _deny(self, conn: ClientConnection, exchange: Exchange, route: Route, target: Target,
+              verdict: Verdict, client_ip: Any, scheme: str, host_header: str,
+              started: float) -> bool:
+        wants_json = any(
+            n.lower() == b"accept" and b"application/json" in v and b"text/html" not in v
+            for n, v in exchange.headers)
+        if verdict.session is None and verdict.deny_status == 403:
+            if wants_json:
+                keep, sent = self.page(conn, exchange, 401, verdict.decision.reasons)
+                status = 401
+            else:
+                location = signin_location(scheme, host_header,
+                                           exchange.url.decode("latin-1"))
+                keep, sent = self.respond(conn, exchange, Response(
+                    302, [("Location", location), ("Cache-Control", "no-store")]))
+                status = 302
+        else:
+            status = verdict.deny_status
+            keep, sent = self.page(conn, exchange, status, verdict.decision.reasons)
+        self._account(route, verdict, client_ip, exchange, target.path, status, sent, started)
+        return keep
+
+    async def _reserved(self, conn: ClientConnection, exchange: Exchange, runtime: Runtime,
+                        target: Target, host: str, host_header: str, client_ip: str,
+                        scheme: str) -> bool:
+        handler = self.handlers.get(target.path)
+        if handler is None or target.ambiguous:
+            return self.page(conn, exchange, 404 if handler is None else 400)[0]
+        config = runtime.config
+        body = await self._read_body(conn, exchange, config.limits.max_form_bytes,
+                                     config.timeouts.header)
+        if body is None:
+            return self.page(conn, exchange, 413)[0]
+        token = cookie_value(exchange.headers, config.session.cookie_name.encode("latin-1"))
+        request = Request(
+            method=exchange.method, target=exchange.url.decode("latin-1"), path=target.path,
+            query=target.query,
+            headers=[(n.decode("latin-1").lower(), v.decode("latin-1"))
+                     for n, v in exchange.headers],
+            client_ip=client_ip, scheme=scheme, host=host, body=body,
+        )
+        try:
+            request.session = await find_session(self.sessions, token)
+        except Exception:
+            log.warning("session lookup failed for a reserved path; continuing signed out")
+        try:
+            response = await handler(request)
+        except Exception:
+            log.exception("handler for %s failed", target.path)
+            return self.page(conn, exchange, 503)[0]
+        return self.respond(conn, exchange, response)[0]
+
+    async def _read_body(self, conn: ClientConnection, exchange: Exchange, limit: int,
+                         timeout: float) -> bytes | None:
+        if exchange.content_length and exchange.content_length > limit:
+            return None
+        if exchange.expect and not exchange.body_done:
+            conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        chunks: list[bytes] = []
+        total = 0
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    for chunk in conn.take_pending(exchange):
+                        chunks.append(chunk)
+                        total += len(chunk)
+                    if total > limit:
+                        return None
+                    if exchange.body_done or conn.closed:
+                        break
+                    exchange.waiter = conn.loop.create_future()
+                    await exchange.waiter
+        except TimeoutError:
+            return None
+        return b"".join(chunks)
+
+    # -- accounting ---------------------------------------------------------------------------
+
+    def _account(self, route: Route, verdict: Verdict, client_ip: Any, exchange: Exchange,
+                 path: str, status: int, bytes_out: int, started: float) -> None:
+        decision = verdict.decision
+        session = verdict.session
+        try:
+            self.audit.record(AccessDecision(
+                route=route.id, user=session.username if session else "",
+                decision="allow" if decision.allow else "deny", reasons=decision.reasons,
+                source_ip=str(client_ip), method=exchange.method, path=path, status=status,
+                bytes_in=exchange.body_bytes, bytes_out=bytes_out,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                session=session.short_id if session else "",
+            ))
+        except Exception:
+            log.warning("access decision could not be audited (route %s)", route.id)
+        key = (route.id, status)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self._requests[key] = metrics.REQUESTS.labels(route.id, str(status))
+        counter.inc()
+        outcome = "allow" if decision.allow else "deny"
+        for reason in decision.reasons:
+            dkey = (outcome + "\0" + reason, 0)
+            child = self._requests.get(dkey)
+            if child is None:
+                child = self._requests[dkey] = metrics.DECISIONS.labels(outcome, reason)
+            child.inc()
+
+    def _upstream_latency(self, route_id: str) -> Any:
+        key = ("\0latency\0" + route_id, 0)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = metrics.UPSTREAM_LATENCY.labels(route_id)
+        return child

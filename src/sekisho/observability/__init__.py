@@ -1,0 +1,1 @@
+"""Logs, metrics and health endpoints — on the admin listener, never the public one."""

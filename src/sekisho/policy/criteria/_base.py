@@ -1,0 +1,121 @@
+"""What a criterion is, and the argument checks that every criterion module shares.
+
+A criterion turns its YAML argument into a `Predicate` once, at compile time (frozensets,
+merged address ranges, lower-cased names), so evaluation is a few attribute reads and one
+set lookup. Argument errors raise `PolicyError` with the path of the offending item and a
+sentence saying what is expected, in Japanese and English.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sekisho.policy.errors import Path, PolicyError
+from sekisho.policy.facts import Facts
+
+Predicate = Callable[[Facts], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Criterion:
+    """A named test over `Facts`, with the reason codes it reports.
+
+    `passed_reason` is reported when the criterion's outcome works towards allowing the
+    request, `failed_reason` when it works towards denying it (see docs/policy.md).
+    """
+
+    name: str
+    passed_reason: str
+    failed_reason: str
+    summary_ja: str
+    summary_en: str
+    compile: Callable[[Any, Path], Predicate]
+
+
+def expect(path: Path, en: str, ja: str) -> PolicyError:
+    """Build the error for an argument that is not what the criterion expects."""
+    return PolicyError(path, en, ja)
+
+
+def is_list(value: object) -> bool:
+    """A YAML sequence (strings and mappings are not lists here)."""
+    return isinstance(value, list | tuple)
+
+
+def true_only(name: str) -> Callable[[Any, Path], None]:
+    """Check for criteria whose only meaningful argument is `true` (`always: true`)."""
+
+    def check(argument: Any, path: Path) -> None:
+        if argument is not True:
+            raise expect(
+                path,
+                f"expected true (write '{name}: true'), got {argument!r}",
+                f"true を指定してください（'{name}: true'）。指定値: {argument!r}",
+            )
+
+    return check
+
+
+def string_list(
+    argument: Any,
+    path: Path,
+    what_en: str,
+    what_ja: str,
+    check: Callable[[str, Path], str] | None = None,
+) -> list[str]:
+    """Accept one non-empty string or a non-empty list of them; `check` may normalise each.
+
+    An empty list is refused: in an allow block it would silently deny everyone and in a
+    deny block silently do nothing, and neither is what anybody writes on purpose.
+    """
+    if isinstance(argument, str):
+        items: list[tuple[Any, Path]] = [(argument, path)]
+    elif is_list(argument):
+        if not argument:
+            raise expect(
+                path,
+                f"expected {what_en} or a non-empty list of them, got an empty list",
+                f"{what_ja}、またはその空でないリストを指定してください（空のリストです）",
+            )
+        items = [(item, (*path, index)) for index, item in enumerate(argument)]
+    else:
+        raise expect(
+            path,
+            f"expected {what_en} or a list of them, got {type_name(argument)}",
+            f"{what_ja}、またはそのリストを指定してください（指定値の型: {type_name(argument)}）",
+        )
+    out: list[str] = []
+    for item, item_path in items:
+        if not isinstance(item, str) or not item.strip():
+            raise expect(
+                item_path,
+                f"expected {what_en} (a non-empty string), got {item!r}",
+                f"{what_ja}（空でない文字列）を指定してください。指定値: {item!r}",
+            )
+        if item != item.strip():
+            raise expect(
+                item_path,
+                f"expected {what_en} without surrounding spaces, got {item!r}",
+                f"前後に空白を含まない{what_ja}を指定してください。指定値: {item!r}",
+            )
+        out.append(check(item, item_path) if check is not None else item)
+    return out
+
+
+def type_name(value: object) -> str:
+    """Name a YAML value's type the way an administrator would (mapping, list, number …)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if is_list(value):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    return type(value).__name__

@@ -1,0 +1,39 @@
+"""The PDP's input and output values: `Facts` about one request, the `Decision` about it.
+
+The gateway (PEP) gathers facts from the session, the connection and the route and passes
+them in as plain data; nothing here reads a socket, a database or a clock. Both types are
+frozen so a decision can never be altered after the PDP returned it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """Everything known about one request that a criterion may look at."""
+
+    authenticated: bool
+    user: str | None  # username; None when nobody is signed in
+    email: str  # "" if unknown
+    groups: frozenset[str]
+    source_ip: ipaddress.IPv4Address | ipaddress.IPv6Address  # after trusted proxies
+    method: str  # upper-case
+    path: str  # already normalised by the gateway
+    host: str
+    route: str  # route id
+    segment: str  # "internet" | "lgwan" | "mynumber"
+    now: datetime  # UTC aware
+    auth_methods: frozenset[str] = frozenset()
+    auth_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The PDP's answer: allow or not, with reason codes from the closed list in `reasons`."""
+
+    allow: bool
+    reasons: tuple[str, ...]

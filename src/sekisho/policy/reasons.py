@@ -1,0 +1,89 @@
+"""The closed list of reason codes a decision may carry, with Japanese and English text.
+
+Reasons are data: the audit log stores the codes, the 403 page and `sekisho policy explain`
+show the text. A code not listed here must never appear in a `Decision` (a test checks every
+criterion's codes against this table), so the list is the contract with those readers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+REASONS: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {
+        "user-authenticated": ("サインイン済みです", "The user is signed in"),
+        "user-unauthenticated": ("サインインしていません", "The user is not signed in"),
+        "user-authorized": ("このユーザーは許可されています", "This user is permitted"),
+        "user-unauthorized": ("このユーザーには許可がありません", "This user is not permitted"),
+        "group-authorized": (
+            "所属グループが許可されています",
+            "A group of the user is permitted",
+        ),
+        "group-unauthorized": (
+            "所属グループに許可がありません",
+            "The user's groups are not permitted",
+        ),
+        "email-authorized": (
+            "メールアドレスが許可されています",
+            "The e-mail address is permitted",
+        ),
+        "email-unauthorized": (
+            "メールアドレスに許可がありません",
+            "The e-mail address is not permitted",
+        ),
+        "source-ip-allowed": (
+            "接続元 IP アドレスが許可されています",
+            "The source IP address is permitted",
+        ),
+        "source-ip-denied": (
+            "この接続元 IP アドレスからのアクセスは許可されていません",
+            "Access from this source IP address is not permitted",
+        ),
+        "http-method-allowed": (
+            "HTTP メソッドが許可されています",
+            "The HTTP method is permitted",
+        ),
+        "http-method-denied": (
+            "この HTTP メソッドは許可されていません",
+            "This HTTP method is not permitted",
+        ),
+        "http-path-allowed": (
+            "このパスへのアクセスが許可されています",
+            "Access to this path is permitted",
+        ),
+        "http-path-denied": (
+            "このパスへのアクセスは許可されていません",
+            "Access to this path is not permitted",
+        ),
+        "always": (
+            "ポリシーはすべてのリクエストに一致します",
+            "The policy matches every request",
+        ),
+        "never": (
+            "ポリシーはどのリクエストにも一致しません",
+            "The policy matches no request",
+        ),
+        "default-deny": (
+            "許可するルールがないため拒否しました（既定で拒否）",
+            "Denied because no rule allows it (deny by default)",
+        ),
+        "policy-error": (
+            "ポリシーの評価中にエラーが発生したため拒否しました",
+            "Denied because an error occurred while evaluating the policy",
+        ),
+    }
+)
+
+LANGUAGES = ("ja", "en")
+
+
+def explain_reason(code: str, language: str = "ja") -> str:
+    """Return the text for a reason code in `language` ("ja" or "en").
+
+    Raises KeyError for a code outside the closed list and ValueError for another language.
+    """
+    if language not in LANGUAGES:
+        raise ValueError(f"unsupported language {language!r} (expected 'ja' or 'en')")
+    ja, en = REASONS[code]
+    return ja if language == "ja" else en

@@ -1,0 +1,167 @@
+"""The audit chain's repository: append a batch under the chain-head lock, read records back.
+
+Rule: every append takes the single chain-head lock first (SQLite: the database write lock via
+`BEGIN IMMEDIATE`; PostgreSQL: `SELECT … FOR UPDATE` on the `audit_head` row), computes the
+links from the locked head and commits rows and head together. Gateway workers and the CLI
+append from several processes at once; without this lock two writers could link to the same
+predecessor and fork the chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy import Connection, Engine, Table, func, select, text
+
+from sekisho.audit.chain import GENESIS, StoredRecord, link
+from sekisho.errors import StorageError
+from sekisho.storage.models import Base
+
+EVENTS: Table = Base.metadata.tables["audit_events"]
+HEAD: Table = Base.metadata.tables["audit_head"]
+ACTOR_MAX = 128
+
+
+class PendingRecord(NamedTuple):
+    """An event ready to append: its canonical body is final, its place in the chain is not."""
+
+    event_type: str
+    occurred_at: datetime
+    actor: str
+    body: str
+
+
+def _lock_head(connection: Connection) -> tuple[int, str]:
+    """Begin the transaction holding the chain-head lock; return (last seq, last hash)."""
+    if connection.dialect.name == "sqlite":
+        # The database-wide write lock, taken before we read the head, so no other writer can
+        # read the same head between our read and our commit.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        row = connection.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1)).first()
+        if row is None:
+            _check_no_records(connection)
+            connection.execute(HEAD.insert().values(id=1, seq=0, hash=GENESIS))
+            return 0, GENESIS
+        return int(row.seq), str(row.hash)
+    locked = select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1).with_for_update()
+    row = connection.execute(locked).first()
+    if row is None:
+        # First append ever: create the row race-free, then lock it like everyone else.
+        connection.execute(text(
+            "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, :genesis) "
+            "ON CONFLICT (id) DO NOTHING"), {"genesis": GENESIS})
+        row = connection.execute(locked).one()
+        if int(row.seq) == 0:
+            _check_no_records(connection)
+    return int(row.seq), str(row.hash)
+
+
+def _check_no_records(connection: Connection) -> None:
+    # Defence: a deleted head row must not silently restart the chain at seq 1.
+    if connection.execute(select(func.max(EVENTS.c.seq))).scalar() is not None:
+        raise StorageError(
+            "監査ログの先頭行 (audit_head) がありません / the audit chain head row is missing "
+            "while records exist; run `sekisho audit verify`", code="audit-head-missing")
+
+
+def append_batch(engine: Engine, items: Sequence[PendingRecord]) -> int:
+    """Append `items` in order, in one transaction; return the seq of the last one."""
+    if not items:
+        raise ValueError("append_batch needs at least one item")
+    with engine.connect() as connection:
+        seq, prev = _lock_head(connection)
+        rows: list[dict[str, Any]] = []
+        for item in items:
+            seq += 1
+            digest = link(prev, item.body)
+            rows.append({
+                "seq": seq,
+                "occurred_at": _utc(item.occurred_at),
+                "event_type": item.event_type,
+                "actor": item.actor[:ACTOR_MAX],
+                "body": item.body,
+                "prev_hash": prev,
+                "hash": digest,
+            })
+            prev = digest
+        connection.execute(EVENTS.insert(), rows)
+        connection.execute(HEAD.update().where(HEAD.c.id == 1).values(seq=seq, hash=prev))
+        connection.commit()
+    return seq
+
+
+def check_writable(engine: Engine) -> None:
+    """Take the chain-head lock and touch the records table, then roll back; raises if the
+    append path is broken (used to decide that a failed audit log has recovered)."""
+    with engine.connect() as connection:
+        _lock_head(connection)
+        connection.execute(select(EVENTS.c.seq).order_by(EVENTS.c.seq.desc()).limit(1)).all()
+        connection.rollback()
+
+
+def read_head(engine: Engine) -> tuple[int, str] | None:
+    """The chain head (last seq, last hash), or None before the first append."""
+    with engine.connect() as connection:
+        row = connection.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1)).first()
+    return None if row is None else (int(row.seq), str(row.hash))
+
+
+def _utc(moment: datetime) -> datetime:
+    # SQLite keeps no offset: every value we write is UTC, so a naive value read back is UTC.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _bind_time(engine: Engine, moment: datetime) -> datetime:
+    moment = _utc(moment)
+    return moment.replace(tzinfo=None) if engine.dialect.name == "sqlite" else moment
+
+
+def search_records(
+    engine: Engine,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    event_type: str | None = None,
+    actor: str | None = None,
+    batch: int = 5000,
+) -> Iterator[StoredRecord]:
+    """Records in seq order, filtered; `since` inclusive, `until` exclusive.
+
+    Streams page by page (keyset on seq, one short read per page), so exporting millions of
+    records never holds them all in memory nor keeps one long transaction open.
+    """
+    conditions = []
+    if since is not None:
+        conditions.append(EVENTS.c.occurred_at >= _bind_time(engine, since))
+    if until is not None:
+        conditions.append(EVENTS.c.occurred_at < _bind_time(engine, until))
+    if event_type is not None:
+        conditions.append(EVENTS.c.event_type == event_type)
+    if actor is not None:
+        conditions.append(EVENTS.c.actor == actor[:ACTOR_MAX])
+    columns = (EVENTS.c.seq, EVENTS.c.body, EVENTS.c.prev_hash, EVENTS.c.hash,
+               EVENTS.c.event_type, EVENTS.c.occurred_at, EVENTS.c.actor)
+    last = 0
+    while True:
+        query = (select(*columns).where(EVENTS.c.seq > last, *conditions)
+                 .order_by(EVENTS.c.seq).limit(batch))
+        with engine.connect() as connection:
+            rows = connection.execute(query).all()
+        for row in rows:
+            yield StoredRecord(int(row.seq), row.body, row.prev_hash, row.hash, row.event_type,
+                               _utc(row.occurred_at), row.actor)
+        if len(rows) < batch:
+            return
+        last = int(rows[-1].seq)
+
+
+def iter_records(
+    engine: Engine,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    batch: int = 5000,
+) -> Iterator[StoredRecord]:
+    """Every record (optionally within a time range) in seq order, streamed."""
+    return search_records(engine, since=since, until=until, batch=batch)
