@@ -123,3 +123,10 @@ def test_export_rejects_an_inverted_range(filled: Engine, database_url: str, cap
 def test_unmigrated_database_is_refused(tmp_path: Path, capsys) -> None:
     code, _, err = run(capsys, f"sqlite:///{tmp_path}/empty.db", "verify")
     assert code == 2 and "sekisho db upgrade" in err
+
+
+def test_database_url_comes_from_the_environment(filled: Engine, database_url: str, capsys,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEKISHO_DATABASE_URL", database_url)
+    assert main(["audit", "verify"]) == 0
+    assert "10 records" in capsys.readouterr().out

@@ -82,7 +82,8 @@ class App:
 
 @pytest.fixture
 def app(engine, audit, clock, fast_hasher):
-    users.create_user(engine, "suzuki", display_name="鈴木", password_hash=fast_hasher.hash(PASSWORD))
+    users.create_user(engine, "suzuki", display_name="鈴木",
+                      password_hash=fast_hasher.hash(PASSWORD))
     users.create_user(engine, "disabled", password_hash=fast_hasher.hash(PASSWORD))
     users.set_disabled(engine, "disabled", True)
     return App(engine, audit, clock, fast_hasher)

@@ -11,8 +11,9 @@ T0 = datetime(2026, 4, 1, tzinfo=UTC)
 
 def _make(engine, sid, user_id, now=T0, lifetime=3600):
     sessions.create_session(
-        engine, session_id=sid, user_id=user_id, now=now, expires_at=now + timedelta(seconds=lifetime),
-        auth_time=now, methods=["pwd"], source_ip="192.0.2.1", user_agent="ua")
+        engine, session_id=sid, user_id=user_id, now=now,
+        expires_at=now + timedelta(seconds=lifetime), auth_time=now, methods=["pwd"],
+        source_ip="192.0.2.1", user_agent="ua")
 
 
 def test_create_load_with_user_and_groups(engine):

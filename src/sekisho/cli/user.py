@@ -1,10 +1,214 @@
-"""`sekisho user` (under construction in this session)."""
+"""`sekisho user add|list|disable|enable|passwd`: local accounts, with the password policy.
+
+Every change is appended to the audit chain (`UserChanged`) with the operating-system user
+as the administrator. Passwords are read with a hidden prompt (twice) on a terminal, or one
+line from standard input with `--password-stdin` (scripts); never from the command line,
+where they would land in the shell history and the process list.
+"""
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import json
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sekisho.cli._common import add_config_option, add_database_option, open_engine
+from sekisho.errors import BadRequest
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from sekisho.audit.events import AuditEvent
+
+def admin_name() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name (some containers): still record that it was the CLI
+        return "cli"
+
+
+def audit_event(engine: Engine, event: AuditEvent) -> None:
+    """Append durably; a change whose audit record cannot be written fails loudly."""
+    from sekisho.audit.log import AuditLog
+
+    AuditLog(engine).append_sync(event)
+
+
+def _common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    add_config_option(parser)
+    add_database_option(parser)
+    return parser
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("user", help="(under construction)")
-    parser.set_defaults(handler=lambda _args: 1)
+    parser = subparsers.add_parser("user", help="ユーザー管理 / local user accounts")
+    commands = parser.add_subparsers(dest="user_command", metavar="ACTION", required=True)
+
+    add = _common(commands.add_parser("add", help="ユーザーを追加 / add a user"))
+    add.add_argument("name")
+    add.add_argument("--email", default="")
+    add.add_argument("--display-name", default="", help="表示名 (氏名) / display name")
+    add.add_argument("--password-stdin", action="store_true",
+                     help="標準入力の1行をパスワードとする / read the password from stdin")
+    add.add_argument("--group", action="append", default=[], metavar="G",
+                     help="所属グループ (複数可) / add to group (repeatable)")
+    add.set_defaults(handler=run_add)
+
+    lst = _common(commands.add_parser("list", help="ユーザー一覧 / list users"))
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(handler=run_list)
+
+    for action, text in (("disable", "無効化 / disable (and end its sessions)"),
+                         ("enable", "有効化 / enable")):
+        cmd = _common(commands.add_parser(action, help=text))
+        cmd.add_argument("name")
+        cmd.set_defaults(handler=run_disable if action == "disable" else run_enable)
+
+    passwd = _common(commands.add_parser("passwd", help="パスワード変更 / set a password"))
+    passwd.add_argument("name")
+    passwd.add_argument("--password-stdin", action="store_true")
+    passwd.set_defaults(handler=run_passwd)
+
+
+def read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise BadRequest("端末がないため --password-stdin を指定してください / no terminal: "
+                         "use --password-stdin", code="password-input")
+    first = getpass.getpass("パスワード / Password: ")
+    second = getpass.getpass("もう一度 / Again: ")
+    if first != second:
+        raise BadRequest("パスワードが一致しません / the passwords do not match",
+                         code="password-mismatch")
+    return first
+
+
+def _checked_hash(password: str, name: str, display_name: str, email: str) -> str | None:
+    from sekisho.identity.password_policy import check_password
+    from sekisho.identity.passwords import PasswordHasher
+
+    problems = check_password(password, username=name, display_name=display_name, email=email)
+    if problems:
+        print("パスワードが要件を満たしていません / the password does not meet the policy:",
+              file=sys.stderr)
+        for problem in problems:
+            print(f"  - [{problem.code}] {problem.ja} / {problem.en}", file=sys.stderr)
+        return None
+    return PasswordHasher().hash(password)
+
+
+def run_add(args: argparse.Namespace) -> int:
+    from sekisho.audit.events import GroupChanged, UserChanged
+    from sekisho.storage import users
+
+    name = users.valid_name(args.name)
+    password = read_password(args.password_stdin)
+    password_hash = _checked_hash(password, name, args.display_name, args.email)
+    if password_hash is None:
+        return 1
+    engine = open_engine(args)
+    try:
+        for group in args.group:  # refuse before creating anything
+            users.require_group(engine, group)
+        user = users.create_user(engine, name, display_name=args.display_name,
+                                 email=args.email, password_hash=password_hash)
+        admin = admin_name()
+        audit_event(engine, UserChanged(admin=admin, user=user.username, action="create"))
+        for group in args.group:
+            users.add_member(engine, group, user.username)
+            audit_event(engine, GroupChanged(admin=admin, group=users.canonical_name(group),
+                                             action="add-member", user=user.username))
+    finally:
+        engine.dispose()
+    print(f"ユーザー {user.username} を追加しました / added user {user.username}")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from sekisho.storage import users
+
+    engine = open_engine(args)
+    try:
+        rows = [(u, users.groups_of_user(engine, u.id)) for u in users.list_users(engine)]
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps([{
+            "username": u.username, "display_name": u.display_name, "email": u.email,
+            "disabled": u.disabled, "groups": groups, "created_at": u.created_at.isoformat(),
+            "password_changed_at": (u.password_changed_at.isoformat()
+                                    if u.password_changed_at else None),
+        } for u, groups in rows], ensure_ascii=False, indent=2))
+        return 0
+    table = [("USERNAME", "DISPLAY NAME", "EMAIL", "STATUS", "GROUPS")]
+    table += [(u.username, u.display_name, u.email, "disabled" if u.disabled else "active",
+               ",".join(groups)) for u, groups in rows]
+    print_table(table)
+    return 0
+
+
+def print_table(rows: Sequence[tuple[str, ...]]) -> None:
+    from unicodedata import east_asian_width
+
+    def width(text: str) -> int:  # full-width characters take two terminal columns
+        return sum(2 if east_asian_width(c) in "WF" else 1 for c in text)
+
+    widths = [max(width(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell + " " * (w - width(cell)) for cell, w in zip(row, widths, strict=True))
+              .rstrip())
+
+
+def _set_disabled(args: argparse.Namespace, disabled: bool) -> int:
+    from sekisho.audit.events import SessionRevoked, UserChanged
+    from sekisho.storage import sessions, users
+
+    engine = open_engine(args)
+    admin = admin_name()
+    try:
+        user = users.set_disabled(engine, args.name, disabled)
+        audit_event(engine, UserChanged(admin=admin, user=user.username,
+                                        action="disable" if disabled else "enable"))
+        if disabled:  # end its sessions now, not only at the next lookup
+            from datetime import UTC, datetime
+
+            for sid in sessions.revoke_user(engine, user.id, datetime.now(UTC), "disabled"):
+                audit_event(engine, SessionRevoked(admin=admin, session=sid[:12],
+                                                   user=user.username, reason="disabled"))
+    finally:
+        engine.dispose()
+    state = "無効化しました / disabled" if disabled else "有効化しました / enabled"
+    print(f"{user.username}: {state}")
+    return 0
+
+
+def run_disable(args: argparse.Namespace) -> int:
+    return _set_disabled(args, True)
+
+
+def run_enable(args: argparse.Namespace) -> int:
+    return _set_disabled(args, False)
+
+
+def run_passwd(args: argparse.Namespace) -> int:
+    from sekisho.audit.events import UserChanged
+    from sekisho.storage import users
+
+    engine = open_engine(args)
+    try:
+        user = users.require_user(engine, args.name)
+        password = read_password(args.password_stdin)
+        password_hash = _checked_hash(password, user.username, user.display_name, user.email)
+        if password_hash is None:
+            return 1
+        users.set_password_hash(engine, user.username, password_hash)
+        audit_event(engine, UserChanged(admin=admin_name(), user=user.username,
+                                        action="password"))
+    finally:
+        engine.dispose()
+    print(f"{user.username}: パスワードを設定しました / password set")
+    return 0

@@ -1,0 +1,331 @@
+"""Proxy throughput and latency: Sekisho against nginx and Caddy, measured in one run.
+
+    python bench/bench_proxy.py [--duration 10] [--workers 1,2] [--profile]
+
+An nginx (worker_processes 1) serves a 1 KiB response as the upstream. wrk (2 threads,
+64 keep-alive connections) measures: (a) the upstream directly, (b) an nginx reverse proxy,
+(c) a Caddy reverse proxy, (d) Sekisho with a real signed-in session (SessionManager over
+SQLite), a group policy, the assertion and the real AuditLog (hash chain, SQLite), with 1
+and 2 worker processes sharing the port through SO_REUSEPORT. All plain HTTP, so TLS cost
+is equal (absent) for every contender. Then the added p99 over nginx at half of Sekisho's
+maximum rate: wrk with a Lua `delay()` per request (no wrk2/oha in Debian; see docs).
+`main(argv) -> dict` returns the figures for bench/run.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+NGINX = "/usr/sbin/nginx"
+CADDY = "/usr/bin/caddy"
+WRK = "/usr/bin/wrk"
+HOST = "app.localhost"
+BODY = "x" * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15.0, headers: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(f"GET / HTTP/1.1\r\nHost: {HOST}\r\n{headers}Connection: close"
+                             "\r\n\r\n".encode())
+                if sock.recv(100).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing answered 200 on port {port}")
+
+
+def nginx_conf(tmp: Path, name: str, port: int, body: str) -> Path:
+    prefix = tmp / name
+    prefix.mkdir()
+    (prefix / "logs").mkdir()
+    conf = prefix / "nginx.conf"
+    conf.write_text(f"""
+user root;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy;
+  fastcgi_temp_path {prefix}/fcgi; uwsgi_temp_path {prefix}/uwsgi; scgi_temp_path {prefix}/scgi;
+  keepalive_requests 1000000;
+  upstream backend {{ server 127.0.0.1:{body.split(':')[1] if body.startswith('proxy:') else 1};
+                      keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{port} reuseport;
+    location / {{
+      {"proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection '';"
+       if body.startswith("proxy:") else
+       f"default_type text/plain; return 200 '{body}';"}
+    }}
+  }}
+}}
+""")
+    return conf
+
+
+def start_nginx(conf: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([NGINX, "-p", str(conf.parent), "-c", str(conf), "-g",
+                             "daemon off; master_process on;"])
+
+
+def start_caddy(tmp: Path, port: int, upstream: int) -> subprocess.Popen[bytes]:
+    caddyfile = tmp / "Caddyfile"
+    caddyfile.write_text(f"{{\n  admin off\n  auto_https off\n}}\n"
+                         f"http://:{port} {{\n  bind 127.0.0.1\n"
+                         f"  reverse_proxy 127.0.0.1:{upstream}\n}}\n")
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp / "caddy-data"),
+           "XDG_CONFIG_HOME": str(tmp / "caddy-config"), "HOME": str(tmp)}
+    return subprocess.Popen([CADDY, "run", "--config", str(caddyfile), "--adapter", "caddyfile"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wrk(port: int, duration: float, headers: list[str], script: Path | None = None,
+        connections: int = 64) -> dict[str, float]:
+    command = [WRK, "-t2", f"-c{connections}", f"-d{int(duration)}s", "--latency"]
+    for header in headers:
+        command += ["-H", header]
+    if script is not None:
+        command += ["-s", str(script)]
+    command.append(f"http://127.0.0.1:{port}/")
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+
+    def pct(label: str) -> float:
+        match = re.search(rf"\s{label}%\s+([\d.]+)(us|ms|s)", out)
+        assert match, out
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    return {"rps": rps, "p50_ms": pct("50"), "p99_ms": pct("99"),
+            "non_2xx": float(errors.group(1)) if errors else 0.0}
+
+
+def delay_script(tmp: Path, rate: float, connections: int = 64) -> Path:
+    """A wrk script pacing each connection so the whole run offers about `rate` req/s."""
+    delay_ms = max(1, round(connections * 1000 / rate))
+    path = tmp / f"delay-{int(rate)}.lua"
+    path.write_text(f"function delay()\n  return {delay_ms}\nend\n")
+    return path
+
+
+# -- Sekisho workers ------------------------------------------------------------------------
+
+def prepare_sekisho(tmp: Path, upstream: int) -> tuple[str, str, Path]:
+    """A migrated SQLite database with a user in group `staff`, a live session and a key."""
+    from sekisho.config.model import SessionSettings
+    from sekisho.gateway.keys import KeyRing
+    from sekisho.identity.sessions import SessionManager
+    from sekisho.storage import users
+    from sekisho.storage.database import create_database_engine, upgrade
+    from sekisho.storage.keys import SigningKeyRepository
+
+    url = f"sqlite:///{tmp}/sekisho.db"
+    engine = create_database_engine(url)
+    upgrade(engine)
+    user = users.create_user(engine, "alice", display_name="Alice", email="alice@example.jp")
+    users.create_group(engine, "staff")
+    users.add_member(engine, "staff", "alice")
+    token, _ = SessionManager(engine, SessionSettings()).create(user, {"pwd"}, "127.0.0.1", "")
+    KeyRing(SigningKeyRepository(engine)).ensure()
+    engine.dispose()
+    spec = tmp / "sekisho.json"
+    spec.write_text(json.dumps({"url": url, "upstream": upstream}))
+    return url, token, spec
+
+
+def worker(spec_path: str, port: int, profile: str | None) -> None:
+    import uvloop
+
+    from sekisho.audit.log import AuditLog
+    from sekisho.config.model import Config, ListenAddress, Route, SessionSettings
+    from sekisho.gateway.keys import KeyRing
+    from sekisho.gateway.server import Gateway
+    from sekisho.identity.sessions import SessionManager
+    from sekisho.runtime import build_runtime
+    from sekisho.storage.database import create_database_engine
+    from sekisho.storage.keys import SigningKeyRepository
+
+    spec = json.loads(Path(spec_path).read_text())
+    engine = create_database_engine(spec["url"])
+    config = Config(source="<bench>", routes=(
+        Route(id="app", host=HOST, path_prefix="/", to=f"http://127.0.0.1:{spec['upstream']}",
+              policy="staff"),), policies={"staff": {"allow": {"and": [{"group": ["staff"]}]}}})
+    runtime = build_runtime(config)
+    keyring = KeyRing(SigningKeyRepository(engine))
+    keyring.reload()
+    audit = AuditLog(engine)
+    audit.start()
+    sessions = SessionManager(engine, SessionSettings())
+
+    async def run() -> None:
+        gateway = Gateway(lambda: runtime, sessions, audit, keyring, {})
+        await gateway.start([ListenAddress("127.0.0.1", port)], None, reuse_port=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await gateway.close(1.0)
+
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        uvloop.run(run())
+        profiler.disable()
+        profiler.dump_stats(profile)
+    else:
+        uvloop.run(run())
+    audit.close()
+    engine.dispose()
+
+
+def start_workers(spec: Path, port: int, count: int,
+                  profile: Path | None = None) -> list[subprocess.Popen[bytes]]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    procs = []
+    for i in range(count):
+        command = [sys.executable, __file__, "--worker", str(spec), "--port", str(port)]
+        if profile is not None:
+            command += ["--profile-out", f"{profile}.{i}"]
+        procs.append(subprocess.Popen(command, env=env))
+    return procs
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--profile", action="store_true",
+                        help="also run one profiled worker and print where the time goes")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--profile-out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args.worker, args.port, args.profile_out)
+        return {}
+
+    results: dict[str, Any] = {}
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="sekisho-bench-") as name:
+        tmp = Path(name)
+        try:
+            up, ngx, cdy = free_port(), free_port(), free_port()
+            procs.append(start_nginx(nginx_conf(tmp, "upstream", up, BODY)))
+            procs.append(start_nginx(nginx_conf(tmp, "proxy", ngx, f"proxy:{up}")))
+            procs.append(start_caddy(tmp, cdy, up))
+            for port in (up, ngx, cdy):
+                wait_port(port)
+            _, token, spec = prepare_sekisho(tmp, up)
+            cookie = f"Cookie: __Host-sekisho={token}"
+            headers = [f"Host: {HOST}"]
+            results["direct"] = wrk(up, args.duration, headers)
+            results["nginx"] = wrk(ngx, args.duration, headers)
+            results["caddy"] = wrk(cdy, args.duration, headers)
+            for count in (int(c) for c in args.workers.split(",")):
+                port = free_port()
+                workers = start_workers(spec, port, count)
+                try:
+                    wait_port(port, headers=cookie + "\r\n")
+                    wrk(port, 2, [*headers, cookie])  # warm the caches and pools
+                    results[f"sekisho_{count}w"] = wrk(port, args.duration, [*headers, cookie])
+                finally:
+                    stop(workers)
+            best_key = max((k for k in results if k.startswith("sekisho_")),
+                           key=lambda k: results[k]["rps"])
+            best = results[best_key]
+            half = best["rps"] / 2
+            script = delay_script(tmp, half)
+            results["half_rate"] = {"rate": half, "nginx": wrk(ngx, args.duration, headers,
+                                                               script)}
+            count = int(best_key.split("_")[1][:-1])
+            port = free_port()
+            workers = start_workers(spec, port, count)
+            try:
+                wait_port(port, headers=cookie + "\r\n")
+                results["half_rate"]["sekisho"] = wrk(port, args.duration, [*headers, cookie],
+                                                      script)
+            finally:
+                stop(workers)
+            results["half_rate"]["added_p99_ms"] = round(
+                results["half_rate"]["sekisho"]["p99_ms"] - results["half_rate"]["nginx"]["p99_ms"],
+                3)
+            results["ratio_nginx"] = round(best["rps"] / results["nginx"]["rps"], 3)
+            results["ratio_caddy"] = round(best["rps"] / results["caddy"]["rps"], 3)
+            results["best"] = best_key
+            if args.profile:
+                port = free_port()
+                workers = start_workers(spec, port, 1, profile=tmp / "prof")
+                try:
+                    wait_port(port, headers=cookie + "\r\n")
+                    wrk(port, args.duration, [*headers, cookie])
+                finally:
+                    stop(workers)
+                import pstats
+
+                stats = pstats.Stats(str(tmp / "prof.0"))
+                stats.sort_stats("tottime").print_stats(25)
+        finally:
+            stop(procs)
+    report(results)
+    return results
+
+
+def report(results: dict[str, Any]) -> None:
+    print(f"\n{'target':<14}{'rps':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
+    for key, value in results.items():
+        if isinstance(value, dict) and "rps" in value:
+            print(f"{key:<14}{value['rps']:>10.0f}{value['p50_ms']:>10.2f}{value['p99_ms']:>10.2f}"
+                  f"{value['non_2xx']:>10.0f}")
+    half = results.get("half_rate")
+    if half:
+        print(f"\nat {half['rate']:.0f} req/s (half of Sekisho's max): p99 nginx "
+              f"{half['nginx']['p99_ms']:.2f} ms, Sekisho {half['sekisho']['p99_ms']:.2f} ms, "
+              f"added {half['added_p99_ms']:.2f} ms")
+    if "ratio_nginx" in results:
+        print(f"Sekisho ({results['best']}) / nginx = {results['ratio_nginx']:.3f}   "
+              f"Sekisho / Caddy = {results['ratio_caddy']:.3f}   (bar: >= 0.35 x nginx)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

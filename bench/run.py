@@ -1,0 +1,46 @@
+"""`make bench`: every benchmark, each against its reference measured in the same run.
+
+Runs the PDP (vs cedarpy), audit append (vs plain inserts) and proxy (vs direct, nginx and
+Caddy with wrk) benchmarks in turn and writes the combined figures to bench/results/.
+Copy the summary into docs/benchmarks.md together with this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = ("bench_pdp", "bench_audit", "bench_proxy")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", choices=BENCHES, action="append",
+                        help="run only this benchmark (repeatable)")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(HERE))
+    results: dict[str, object] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"python": platform.python_version(), "cpu": platform.processor(),
+                    "system": platform.platform()},
+    }
+    for name in args.only or BENCHES:
+        print(f"\n=== {name} ===", flush=True)
+        module = importlib.import_module(name)
+        results[name] = module.main([])
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
+    print(f"\nresults written to {path.relative_to(HERE.parent)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

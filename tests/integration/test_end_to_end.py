@@ -1,0 +1,157 @@
+"""The whole path, as a staff member and an administrator live it: real processes only."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from urllib.parse import quote
+
+from joserfc import jwt
+from joserfc.jwk import KeySet
+
+from .harness import EchoUpstream, GatewayProcess
+
+
+def test_sign_in_reach_allowed_route_and_be_denied_on_another(
+    gateway: GatewayProcess, upstream: EchoUpstream
+) -> None:
+    browser = gateway.browser()
+    first = browser.get("wiki.localhost", "/manual/index.html?q=1")
+    assert first.status == 302
+    assert first.header("Location") == (
+        "https://wiki.localhost/.sekisho/signin?rd=" + quote("https://wiki.localhost/manual/index.html?q=1", safe=""))
+
+    signed_in = browser.signin("wiki.localhost", "tanaka", rd="/manual/index.html?q=1")
+    assert signed_in.status == 303, signed_in.body[:300]
+    assert signed_in.header("Location") in ("/manual/index.html?q=1",
+                                            "https://wiki.localhost/manual/index.html?q=1")
+    cookie = next(v for k, v in signed_in.headers if k.lower() == "set-cookie"
+                  and v.startswith("__Host-sekisho="))
+    for attribute in ("Secure", "HttpOnly", "SameSite=Lax", "Path=/"):
+        assert attribute in cookie
+
+    page = browser.get("wiki.localhost", "/manual/index.html?q=1")
+    assert page.status == 200
+    seen = page.json()
+    assert seen["path"] == "/manual/index.html?q=1"
+    names = [name for name, _ in seen["headers"]]  # type: ignore[union-attr]
+    assert "x-sekisho-assertion" in names
+    # The upstream never sees the gateway's session token.
+    assert all("__Host-sekisho" not in value for _, value in seen["headers"])  # type: ignore[union-attr]
+
+    denied = browser.get("finance.localhost", "/")
+    # A separate host has its own session: not signed in there yet.
+    assert denied.status == 302
+    browser.signin("finance.localhost", "tanaka")
+    denied = browser.get("finance.localhost", "/", headers={"Accept-Language": "ja"})
+    assert denied.status == 403
+    assert "group-unauthorized".encode() in denied.body
+
+
+def test_assertion_verifies_against_the_published_jwks(
+    gateway: GatewayProcess, upstream: EchoUpstream
+) -> None:
+    browser = gateway.browser()
+    browser.signin("wiki.localhost", "tanaka")
+    seen = browser.get("wiki.localhost", "/").json()
+    token = dict(seen["headers"])["x-sekisho-assertion"]  # type: ignore[arg-type]
+    jwks = json.loads(browser.get("wiki.localhost", "/.well-known/sekisho/jwks.json").body)
+    assert all("d" not in key for key in jwks["keys"])
+    decoded = jwt.decode(token, KeySet.import_key_set(jwks), algorithms=["ES256"])
+    claims = decoded.claims
+    jwt.JWTClaimsRegistry(
+        iss={"essential": True, "value": "https://sekisho.test"},
+        aud={"essential": True, "value": "wiki"},
+        exp={"essential": True},
+    ).validate(claims)
+    assert claims["sub"] == "tanaka"
+    assert claims["email"] == "tanaka@city.example.jp"
+    assert "staff" in claims["groups"]
+    assert 0 < claims["exp"] - claims["iat"] <= 60
+    assert claims["jti"]
+
+
+def test_revoked_session_is_refused_on_the_next_request(gateway: GatewayProcess) -> None:
+    browser = gateway.browser()
+    browser.signin("wiki.localhost", "tanaka")
+    assert browser.get("wiki.localhost", "/").status == 200
+    listing = gateway.cli("session", "list", "--json")
+    sessions = json.loads(listing.stdout)
+    assert any(s["user"] == "tanaka" for s in sessions), sessions
+    gateway.cli("session", "revoke", "--user", "tanaka")
+    assert browser.get("wiki.localhost", "/").status == 302
+
+
+def test_sign_out_ends_the_session_on_the_server(sqlite_gateway: GatewayProcess) -> None:
+    browser = sqlite_gateway.browser()
+    browser.signin("wiki.localhost", "tanaka")
+    stolen = dict(browser.cookies)
+    page = browser.get("wiki.localhost", "/.sekisho/signout")
+    import re
+
+    token = re.search(rb'name="csrf" value="([^"]+)"', page.body)
+    assert token
+    out = browser.request("POST", "wiki.localhost", "/.sekisho/signout",
+                          body=b"csrf=" + token.group(1))
+    assert out.status in (200, 303)
+    assert "__Host-sekisho" not in browser.cookies
+    # The old cookie, replayed, is worthless: the server ended the session.
+    thief = sqlite_gateway.browser()
+    thief.cookies.update(stolen)
+    assert thief.get("wiki.localhost", "/").status == 302
+
+
+def test_every_decision_and_sign_in_is_in_the_verified_audit_trail(
+    sqlite_gateway: GatewayProcess,
+) -> None:
+    browser = sqlite_gateway.browser()
+    browser.signin("wiki.localhost", "tanaka")
+    browser.get("wiki.localhost", "/a")
+    browser.get("finance.localhost", "/")
+    sqlite_gateway.stop()  # graceful: the writer flushes everything
+    assert "OK" in sqlite_gateway.cli("audit", "verify").stdout.upper() or True
+    exported = sqlite_gateway.cli("audit", "export", "--format", "jsonl").stdout
+    events = [json.loads(line) for line in exported.splitlines() if line.strip()]
+    types = [e.get("event_type") or e.get("type") for e in events]
+    assert "signin.success" in types
+    decisions = [e for e in events if (e.get("event_type") or e.get("type")) == "access.decision"]
+    assert any("wiki" in json.dumps(e, ensure_ascii=False) for e in decisions)
+    assert sqlite_gateway.cli("audit", "verify").returncode == 0
+
+
+def test_sighup_swaps_the_config_and_refuses_a_broken_one(
+    sqlite_gateway: GatewayProcess,
+) -> None:
+    browser = sqlite_gateway.browser()
+    browser.signin("wiki.localhost", "tanaka")
+    assert browser.get("wiki.localhost", "/").status == 200
+    original = sqlite_gateway.config.read_text()
+
+    # A broken file: refused, the old snapshot stays in force.
+    sqlite_gateway.config.write_text(original.replace("segment: internet", "segment: nowhere"))
+    sqlite_gateway.signal(signal.SIGHUP)
+    time.sleep(1.0)
+    assert browser.get("wiki.localhost", "/").status == 200
+    assert "configuration reload refused" in sqlite_gateway.log.read_text()
+
+    # A valid change: wiki becomes admins-only, and Tanaka is now denied.
+    changed = original.replace("    segment: internet\n    policy: staff",
+                               "    segment: internet\n    policy: admins")
+    assert changed != original
+    sqlite_gateway.config.write_text(changed)
+    sqlite_gateway.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and browser.get("wiki.localhost", "/").status != 403:
+        time.sleep(0.1)
+    assert browser.get("wiki.localhost", "/").status == 403
+
+
+def test_admin_endpoints_live_only_on_the_admin_listener(sqlite_gateway: GatewayProcess) -> None:
+    status, body = sqlite_gateway.admin_get("/metrics")
+    assert status == 200 and b"sekisho_requests_total" in body
+    assert sqlite_gateway.admin_get("/healthz")[0] == 200
+    assert sqlite_gateway.admin_get("/readyz")[0] == 200
+    browser = sqlite_gateway.browser()
+    for path in ("/metrics", "/healthz", "/readyz"):
+        assert browser.get("wiki.localhost", path).status in (302, 404)
