@@ -68,7 +68,8 @@ class GatewayUnderTest:
 
         async def echo_handler(request: Request) -> Response:
             self.handled.append(request)
-            return json_response({"body": request.body.decode(), "signed_in": bool(request.session)})
+            return json_response({"body": request.body.decode(),
+                                  "signed_in": bool(request.session)})
 
         self.gateway = Gateway(lambda: self.runtime, self.sessions, self.audit, self.keyring,
                                {"/.sekisho/echo": echo_handler})

@@ -37,7 +37,8 @@ class DictSessions:
         now = datetime.now(UTC)
         info = SessionInfo(
             session_id=hashlib.sha256(token.encode()).hexdigest(), user_id=len(self.sessions) + 1,
-            username=username, display_name=username.title(), email=email or f"{username}@city.example.jp",
+            username=username, display_name=username.title(),
+            email=email or f"{username}@city.example.jp",
             groups=frozenset(groups), auth_methods=frozenset({"pwd"}), auth_time=now,
             created_at=now, expires_at=now + timedelta(hours=1),
         )

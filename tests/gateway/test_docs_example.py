@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import GatewayUnderTest, echoed
+from .conftest import STAFF, GatewayUnderTest, echoed
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "upstream-verification.md"
 
@@ -38,7 +38,7 @@ def test_example_verifies_a_live_assertion(gw: GatewayUnderTest) -> None:
     claims = namespace["verify"](headers)  # type: ignore[operator]
     assert claims["sub"] == "alice" and claims["aud"] == "app"
     # A token for another route is refused by the same code.
-    _, _, other = gw.request("GET", "/", host="public.localhost", token="staff-token-0123456789abcdef")
+    _, _, other = gw.request("GET", "/", host="public.localhost", token=STAFF)
     other_headers = {name: value for name, value in echoed(other)["headers"]}
     with pytest.raises(Exception, match="aud"):
         namespace["verify"](other_headers)  # type: ignore[operator]

@@ -17,6 +17,7 @@ else into a small buffer; reading pauses while that buffer or the upstream is fu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 from collections import deque
 from collections.abc import Callable
@@ -98,7 +99,7 @@ class ClientConnection(asyncio.Protocol):
         self.scheme = scheme
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.peer: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address("0.0.0.0")
+        self.peer: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address("0.0.0.0")  # noqa: S104
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[Exchange] = deque()
         self.current: Exchange | None = None  # the exchange being parsed
@@ -127,11 +128,10 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         if peer:
-            try:
+            with contextlib.suppress(ValueError):
                 self.peer = ipaddress.ip_address(peer[0])
-            except ValueError:
-                pass
-        transport.set_write_buffer_limits(high=BUFFER_HIGH)
+        high = BUFFER_HIGH
+        transport.set_write_buffer_limits(high=high)  # type: ignore[attr-defined]
         self.gateway.connections.add(self)
         self._arm(self.limits.header_timeout)
         self.task = self.loop.create_task(self.gateway.serve(self))

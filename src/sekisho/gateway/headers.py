@@ -77,9 +77,10 @@ def upstream_headers(
         if key in listed:
             continue  # named in Connection: hop-by-hop by declaration
         if key == b"cookie":
-            value = strip_cookies(value, cookie_names)
-            if not value:
-                continue
+            kept = strip_cookies(value, cookie_names)
+            if kept:
+                out.append((name, kept))
+            continue
         out.append((name, value))
     if websocket:
         out.append((b"Connection", b"Upgrade"))

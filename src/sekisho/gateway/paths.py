@@ -128,7 +128,7 @@ def normalise(target: bytes, host: str = "") -> Target:
             authority, target = _split_authority(target)
         else:
             raise InvalidTarget("request-target is not origin-form")
-    raw_path, sep, raw_query = target.partition(b"?")
+    raw_path, _, raw_query = target.partition(b"?")
     flags: list[str] = []
     if authority and host and authority != host:
         flags.append("absolute-form-host")

@@ -135,10 +135,17 @@ async def forward(
     if not keep_alive:
         parts.append(b"Connection: close\r\n")
     parts.append(b"\r\n")
-    out = b"".join(parts)
-    client.write(out)
     sent = [0]
     write = client.write
+    assert upstream.done is not None
+    if upstream.done.done() and not upstream.done.exception() and not rechunk:
+        # The whole response arrived in one read (the common small case): one write, one
+        # syscall for head and body.
+        early, upstream.early = upstream.early, []
+        sent[0] = sum(len(chunk) for chunk in early)
+        write(b"".join([*parts, *early]))
+    else:
+        write(b"".join(parts))
     if rechunk:
         def to_client(chunk: bytes) -> None:
             sent[0] += len(chunk)

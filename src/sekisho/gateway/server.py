@@ -70,6 +70,7 @@ class Gateway:
         audit: AuditSink,
         keyring: KeyRing,
         handlers: Mapping[str, Handler],
+        *,
         clock: Callable[[], float] = time.time,
         upstream_ssl: ssl_module.SSLContext | None = None,
     ) -> None:
@@ -230,8 +231,8 @@ class Gateway:
         if target.path == JWKS_PATH:
             return self.respond(conn, exchange, jwks_response(self.keyring))[0]
         if target.path.startswith(RESERVED_PREFIX):
-            return await self._reserved(conn, exchange, runtime, target, host, host_header,
-                                        str(client_ip), scheme)
+            return await self._reserved(conn, exchange, runtime, target=target, host=host,
+                                        client_ip=str(client_ip), scheme=scheme)
         route = runtime.routes.match(host, target.path)
         if route is None:
             return self.page(conn, exchange, 404)[0]
@@ -247,14 +248,16 @@ class Gateway:
         if verdict.decision.allow and not getattr(self.audit, "healthy", True):
             verdict = Verdict(STORAGE_DENY, verdict.session, 503)  # cannot audit: deny
         if not verdict.decision.allow:
-            return self._deny(conn, exchange, route, target, verdict, client_ip, scheme,
-                              host_header, started)
+            return self._deny(conn, exchange, route=route, target=target, verdict=verdict,
+                              client_ip=client_ip, scheme=scheme, host_header=host_header,
+                              started=started)
 
         session = verdict.session
         status, bytes_out, keep = 502, 0, False
         try:
             status, bytes_out, keep = await self._proxy(
-                conn, exchange, runtime, route, target, session, chain, scheme, host_header)
+                conn, exchange, runtime, route=route, target=target, session=session,
+                chain=chain, scheme=scheme, host_header=host_header)
         except UpstreamError as exc:
             if exc.started or conn.closed:
                 status, keep = 502, False
@@ -266,11 +269,11 @@ class Gateway:
             log.exception("proxying failed")
             status, keep = 502, False
             conn.abort()
-        self._account(route, verdict, client_ip, exchange, target.path, status,
-                      bytes_out, started)
+        self._account(route, verdict, client_ip, exchange, path=target.path, status=status,
+                      bytes_out=bytes_out, started=started)
         return keep
 
-    async def _proxy(self, conn: ClientConnection, exchange: Exchange, runtime: Runtime,
+    async def _proxy(self, conn: ClientConnection, exchange: Exchange, runtime: Runtime, *,
                      route: Route, target: Target, session: Any, chain: list[Any],
                      scheme: str, host_header: str) -> tuple[int, int, bool]:
         config = runtime.config
@@ -302,7 +305,7 @@ class Gateway:
         self._upstream_latency(route.id).observe(outcome.upstream_seconds)
         return outcome.status, outcome.bytes_out, outcome.keep_alive
 
-    def _deny(self, conn: ClientConnection, exchange: Exchange, route: Route, target: Target,
+    def _deny(self, conn: ClientConnection, exchange: Exchange, *, route: Route, target: Target,
               verdict: Verdict, client_ip: Any, scheme: str, host_header: str,
               started: float) -> bool:
         wants_json = any(
@@ -321,12 +324,12 @@ class Gateway:
         else:
             status = verdict.deny_status
             keep, sent = self.page(conn, exchange, status, verdict.decision.reasons)
-        self._account(route, verdict, client_ip, exchange, target.path, status, sent, started)
+        self._account(route, verdict, client_ip, exchange, path=target.path, status=status,
+                      bytes_out=sent, started=started)
         return keep
 
-    async def _reserved(self, conn: ClientConnection, exchange: Exchange, runtime: Runtime,
-                        target: Target, host: str, host_header: str, client_ip: str,
-                        scheme: str) -> bool:
+    async def _reserved(self, conn: ClientConnection, exchange: Exchange, runtime: Runtime, *,
+                        target: Target, host: str, client_ip: str, scheme: str) -> bool:
         handler = self.handlers.get(target.path)
         if handler is None or target.ambiguous:
             return self.page(conn, exchange, 404 if handler is None else 400)[0]
@@ -380,7 +383,7 @@ class Gateway:
 
     # -- accounting ---------------------------------------------------------------------------
 
-    def _account(self, route: Route, verdict: Verdict, client_ip: Any, exchange: Exchange,
+    def _account(self, route: Route, verdict: Verdict, client_ip: Any, exchange: Exchange, *,
                  path: str, status: int, bytes_out: int, started: float) -> None:
         decision = verdict.decision
         session = verdict.session

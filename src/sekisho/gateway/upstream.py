@@ -95,7 +95,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        transport.set_write_buffer_limits(high=256 * 1024)
+        high = 256 * 1024
+        transport.set_write_buffer_limits(high=high)  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -121,6 +122,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = False
         self.head = self.loop.create_future()
         self.done = self.loop.create_future()
+        # A failure nobody awaits any more (the client left first) is not an error to log.
+        self.head.add_done_callback(_retrieve)
+        self.done.add_done_callback(_retrieve)
         self.sink = None
         self.early = []
         self.received = 0
@@ -259,6 +263,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def reusable(self) -> bool:
         return not self.closed and self.keep_alive and self.splice is None
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class UpstreamPool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from sekisho.errors import StorageError
@@ -42,9 +42,9 @@ class SigningKeyRepository:
         """Every key, newest first."""
         try:
             with self._engine.connect() as connection:
-                rows = connection.execute(
-                    select(SigningKey.__table__).order_by(SigningKey.created_at.desc(), SigningKey.kid)
-                ).all()
+                query = select(SigningKey.__table__).order_by(
+                    SigningKey.created_at.desc(), SigningKey.kid)
+                rows = connection.execute(query).all()
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot read signing keys: {type(exc).__name__}") from None
         return [
@@ -60,11 +60,11 @@ class SigningKeyRepository:
                 if retire_others_after is not None:
                     retire_at = now + retire_others_after
                     connection.execute(
-                        SigningKey.__table__.update()
+                        update(SigningKey)
                         .where(SigningKey.retired_at.is_(None))
                         .values(retired_at=retire_at)
                     )
-                connection.execute(SigningKey.__table__.insert().values(
+                connection.execute(insert(SigningKey).values(
                     kid=key.kid, algorithm=key.algorithm, private_pem=key.private_pem,
                     public_jwk=key.public_jwk, created_at=key.created_at, retired_at=None,
                 ))
@@ -75,7 +75,7 @@ class SigningKeyRepository:
         try:
             with self._engine.begin() as connection:
                 result = connection.execute(
-                    SigningKey.__table__.update().where(SigningKey.kid == kid)
+                    update(SigningKey).where(SigningKey.kid == kid)
                     .values(retired_at=at)
                 )
         except SQLAlchemyError as exc:
