@@ -309,7 +309,9 @@ class ClientConnection(asyncio.Protocol):
     def finished(self) -> None:
         """The current response is fully written; arm the idle timer if nothing waits."""
         self.busy = False
-        if not self.queue and self.current is None:
+        if self.current is not None and self._in_head:
+            self._arm(self.limits.header_timeout)  # a pipelined head still arriving
+        elif not self.queue and self.current is None:
             self._arm(self.limits.idle_timeout)
 
     def take_pending(self, exchange: Exchange) -> list[bytes]:

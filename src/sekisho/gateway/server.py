@@ -89,6 +89,8 @@ class Gateway:
         self._origin_runtime: Runtime | None = None
         self._reloader: asyncio.Task[None] | None = None
         self._requests: dict[tuple[str, int], Any] = {}
+        self.audit_failures = 0
+        self._audit_warned_at = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -397,7 +399,12 @@ class Gateway:
                 session=session.short_id if session else "",
             ))
         except Exception:
-            log.warning("access decision could not be audited (route %s)", route.id)
+            self.audit_failures += 1
+            now = time.monotonic()
+            if now - self._audit_warned_at > 1.0:  # one line a second, not one per request
+                self._audit_warned_at = now
+                log.warning("access decisions could not be audited (%d so far)",
+                            self.audit_failures)
         key = (route.id, status)
         counter = self._requests.get(key)
         if counter is None:

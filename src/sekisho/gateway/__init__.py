@@ -1,0 +1,1 @@
+"""The gateway (PEP): the identity-aware reverse proxy. Entry point: `server.Gateway`."""
