@@ -59,8 +59,9 @@ class RuntimeHolder:
 
 
 def digest_of(path: str | None, config: Config) -> str:
-    if path is None:
-        return hashlib.sha256(repr(config.routes).encode()).hexdigest()
+    """The sha256 of the file the snapshot came from (the loader records it)."""
+    if config.digest or path is None:
+        return config.digest
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -125,7 +126,7 @@ def server_ssl_context(config: Config) -> ssl.SSLContext | None:
     if not config.tls.enabled:
         return None
     if config.tls.self_signed:
-        hosts = sorted({route.host for route in config.routes})
+        hosts = (*tls.DEFAULT_HOSTS, *sorted({route.host for route in config.routes}))
         cert, key = tls.self_signed(Path(config.server.data_dir), hosts)
         return tls.server_context(str(cert), str(key))
     assert config.tls.cert_file and config.tls.key_file
@@ -151,6 +152,7 @@ async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_rel
     from sekisho.identity.sessions import SessionManager
     from sekisho.identity.signin import build_signin_handlers
     from sekisho.runtime import build_runtime
+    from sekisho.storage.keys import SigningKeyRepository
 
     config = launch.config
     engine = open_storage(config)
@@ -162,8 +164,8 @@ async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_rel
     )
     audit.start()
     sessions = SessionManager(engine, config.session)
-    keyring = KeyRing(engine)
-    keyring.load()
+    keyring = KeyRing(SigningKeyRepository(engine))
+    keyring.ensure()
     handlers = build_signin_handlers(
         current_config=lambda: holder.get().config,
         engine=engine,
@@ -176,14 +178,15 @@ async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_rel
 
     admin_server = None
     if admin:
-        admin_server = await _start_admin(config, engine, audit, keyring.jwks_json)
+        admin_server = await _start_admin(config, engine, audit, lambda: keyring.jwks_json)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
     def on_hup() -> None:
-        keyring.load()
-        reload(launch.config_path, holder, audit if audit_reloads else None)
+        keyring.reload()
+        if reload(launch.config_path, holder, audit if audit_reloads else None):
+            sessions.update_settings(holder.get().config.session)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -253,6 +256,7 @@ def _serve_forked(launch: Launch, workers: int) -> int:
 
     from sekisho.audit.log import AuditLog
     from sekisho.gateway.keys import KeyRing
+    from sekisho.storage.keys import SigningKeyRepository
 
     if launch.config_path is None:
         return fail("several workers need a configuration file (server.workers > 1)")
@@ -272,18 +276,19 @@ def _serve_forked(launch: Launch, workers: int) -> int:
         from prometheus_client import multiprocess
 
         engine = open_storage(launch.config)
-        keyring = KeyRing(engine)
-        keyring.load()
+        keyring = KeyRing(SigningKeyRepository(engine))
+        keyring.ensure()  # before the workers start, so they never race to create the first key
         audit = AuditLog(engine, flush_interval=launch.config.audit.flush_interval)
         audit.start()
         holder = RuntimeHolder(_build(launch))
         children.extend(spawn() for _ in range(workers))
-        admin_server = await _start_admin(launch.config, engine, audit, keyring.jwks_json)
+        admin_server = await _start_admin(launch.config, engine, audit,
+                                          lambda: keyring.jwks_json)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
 
         def on_hup() -> None:
-            keyring.load()
+            keyring.reload()
             reload(launch.config_path, holder, audit)
             for child in children:
                 with contextlib.suppress(ProcessLookupError):

@@ -92,8 +92,8 @@ throttle:
   account_max_failures: 3
   ip_max_failures: 50
   lockout: 15m
-  base_delay: 0s
-  max_delay: 0s
+  base_delay: 10ms
+  max_delay: 10ms
 audit:
   flush_interval: 100ms
 assertion:
@@ -149,14 +149,18 @@ class Browser:
 
     port: int
     context: ssl.SSLContext
-    cookies: dict[str, str] = field(default_factory=dict)
+    jar: dict[str, dict[str, str]] = field(default_factory=dict)  # host -> cookies (__Host-)
+
+    def cookies_for(self, host: str) -> dict[str, str]:
+        return self.jar.setdefault(host, {})
 
     def request(self, method: str, host: str, target: str, *, body: bytes = b"",
                 headers: dict[str, str] | None = None) -> Response:
         conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context, timeout=10)
         sent = {"Host": host, **(headers or {})}
-        if self.cookies and "Cookie" not in sent:
-            sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        cookies = self.cookies_for(host)
+        if cookies and "Cookie" not in sent:
+            sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
         if body:
             sent.setdefault("Content-Type", "application/x-www-form-urlencoded")
         try:
@@ -171,9 +175,9 @@ class Browser:
                 jar.load(value)
                 for morsel in jar.values():
                     if morsel["max-age"] == "0" or not morsel.value:
-                        self.cookies.pop(morsel.key, None)
+                        cookies.pop(morsel.key, None)
                     else:
-                        self.cookies[morsel.key] = morsel.value
+                        cookies[morsel.key] = morsel.value
         return response
 
     def get(self, host: str, target: str, **kwargs: object) -> Response:

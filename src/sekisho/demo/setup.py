@@ -104,6 +104,7 @@ def prepare_demo(data_dir: Path, workers: int | None) -> Launch:
     from sekisho.demo.apps import APPS, start_demo_apps
     from sekisho.gateway.keys import KeyRing
     from sekisho.storage.database import create_database_engine, upgrade
+    from sekisho.storage.keys import SigningKeyRepository
 
     data_dir.mkdir(parents=True, exist_ok=True)
     issuer = f"https://portal.localhost:{LISTEN_PORT}"
@@ -114,7 +115,7 @@ def prepare_demo(data_dir: Path, workers: int | None) -> Launch:
     try:
         upgrade(engine)
         created = seed(engine)
-        KeyRing.for_engine(engine).ensure()
+        KeyRing(SigningKeyRepository(engine)).ensure()
     finally:
         engine.dispose()
     if created:
