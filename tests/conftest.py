@@ -37,14 +37,13 @@ def _postgres_available() -> bool:
         return False
 
 
-_PG_OK: bool | None = None
+_PG_STATE: dict[str, bool] = {}
 
 
 def postgres_or_skip() -> None:
-    global _PG_OK
-    if _PG_OK is None:
-        _PG_OK = _postgres_available()
-    if not _PG_OK:
+    if "ok" not in _PG_STATE:
+        _PG_STATE["ok"] = _postgres_available()
+    if not _PG_STATE["ok"]:
         message = _PG_HELP.format(url=PG_URL)
         if REQUIRE_PG:
             pytest.fail(message + " (SEKISHO_REQUIRE_POSTGRES=1)")

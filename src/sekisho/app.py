@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from sekisho.audit.log import AuditLog
+    from sekisho.observability.admin import AdminServer
     from sekisho.runtime import Runtime
 
 log = logging.getLogger("sekisho.app")
@@ -109,7 +110,8 @@ def reload(path: str | None, holder: RuntimeHolder, audit: AuditLog | None) -> b
     old = holder.get().config
     pending = _restart_needed(old, runtime.config)
     if pending:
-        log.warning("these settings change only at restart", extra={"fields": {"settings": pending}})
+        log.warning("these settings change only at restart",
+                    extra={"fields": {"settings": pending}})
     holder.swap(runtime)
     log.info("configuration reloaded", extra={"fields": {"source": path, "sha256": digest}})
     if audit is not None:
@@ -206,7 +208,7 @@ async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_rel
 
 async def _start_admin(
     config: Config, engine: Engine, audit: AuditLog | None, jwks: Callable[[], bytes]
-) -> object:
+) -> AdminServer:
     from sekisho.observability.admin import AdminServer
     from sekisho.storage.database import require_current_schema
 
@@ -318,7 +320,7 @@ def _serve_forked(launch: Launch, workers: int) -> int:
         for child in children:
             if child.poll() is None:
                 child.kill()
-        await admin_server.close()  # type: ignore[attr-defined]
+        await admin_server.close()
         await asyncio.to_thread(audit.close)
         engine.dispose()
 

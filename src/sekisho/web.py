@@ -45,7 +45,7 @@ class Request:
                 parsed: SimpleCookie = SimpleCookie()
                 try:
                     parsed.load(value)
-                except Exception:  # a malformed cookie header is ignored, never fatal
+                except Exception:  # noqa: S112 (a malformed cookie header is ignored, never fatal)
                     continue
                 for morsel in parsed.values():
                     jar.setdefault(morsel.key, morsel.value)
@@ -101,7 +101,9 @@ def html(body: str, status: int = 200, headers: Iterable[tuple[str, str]] = ()) 
     )
 
 
-def json_response(data: Any, status: int = 200, headers: Iterable[tuple[str, str]] = ()) -> Response:
+def json_response(
+    data: Any, status: int = 200, headers: Iterable[tuple[str, str]] = ()
+) -> Response:
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     return Response(
         status,

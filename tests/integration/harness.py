@@ -59,7 +59,7 @@ class EchoUpstream:
 
             do_GET = do_POST = do_PUT = do_DELETE = _answer
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 return
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -270,5 +270,5 @@ class GatewayProcess:
     def browser(self) -> Browser:
         cert = self.tmp / "data" / "tls" / "self-signed.crt"
         context = ssl.create_default_context(cafile=str(cert)) if cert.exists() else (
-            ssl._create_unverified_context())  # noqa: S323
+            ssl._create_unverified_context())
         return Browser(self.port, context)

@@ -13,8 +13,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "serve",
         help="ゲートウェイを起動 / run the gateway",
-        description="ゲートウェイを起動します。--demo は SQLite・デモ用アプリ・デモ利用者で起動します。 "
-        "Run the gateway; --demo runs the embedded demo (SQLite, demo apps and users).",
+        description="ゲートウェイを起動します。--demo は SQLite・デモ用アプリ・デモ利用者で"
+        "起動します。 Run the gateway; --demo runs the embedded demo "
+        "(SQLite, demo apps and users).",
     )
     add_config_option(parser)
     parser.add_argument("--demo", action="store_true",

@@ -14,6 +14,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -28,7 +29,8 @@ class DemoApp:
 
 
 APPS = (
-    DemoApp("portal", "職員ポータル (インターネット接続系)", "お知らせ、庁内リンク、災害時の連絡。"),
+    DemoApp("portal", "職員ポータル (インターネット接続系)",
+            "お知らせ、庁内リンク、災害時の連絡。"),
     DemoApp("wiki", "庁内Wiki (インターネット接続系)", "業務マニュアル、様式集、よくある質問。"),
     DemoApp("docs", "文書管理システム (LGWAN接続系・デモ)", "起案・決裁・保存文書の管理。"),
     DemoApp("admin-tools", "管理ツール", "情報政策課の管理者だけが開けます。"),
@@ -45,7 +47,8 @@ class _JwksCache:
     def get(self) -> KeySet:
         with self._lock:
             if self._keys is None or time.monotonic() - self._fetched > 300:
-                with urllib.request.urlopen(self._url, timeout=5) as response:  # noqa: S310 (fixed loopback URL)
+                # The URL is the gateway's own admin listener on loopback, fixed at start.
+                with urllib.request.urlopen(self._url, timeout=5) as response:  # noqa: S310
                     self._keys = KeySet.import_key_set(json.load(response))
                 self._fetched = time.monotonic()
             return self._keys
@@ -62,7 +65,7 @@ def _handler(app: DemoApp, jwks: _JwksCache, issuer: str) -> type[BaseHTTPReques
                 name, groups = "(検証できません / not verified)", ""
             else:
                 name = f"{who.get('name') or who.get('sub')} ({who.get('sub')})"
-                groups = ", ".join(who.get("groups", []))
+                groups = ", ".join(map(str, who.get("groups") or []))
             page = (
                 "<!doctype html><html lang='ja'><head><meta charset='utf-8'>"
                 f"<title>{html.escape(app.title)}</title></head><body>"
@@ -78,7 +81,7 @@ def _handler(app: DemoApp, jwks: _JwksCache, issuer: str) -> type[BaseHTTPReques
             self.end_headers()
             self.wfile.write(page)
 
-        def _verified_claims(self) -> dict[str, object] | None:
+        def _verified_claims(self) -> dict[str, Any] | None:
             token = self.headers.get("X-Sekisho-Assertion")
             if not token:
                 return None
@@ -93,7 +96,7 @@ def _handler(app: DemoApp, jwks: _JwksCache, issuer: str) -> type[BaseHTTPReques
                 return None
             return dict(decoded.claims)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             return  # the gateway's audit log is the record
 
     return Handler

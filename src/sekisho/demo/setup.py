@@ -78,7 +78,8 @@ def banner(config: Config) -> str:
         "",
         "Sekisho デモが起動しました / the Sekisho demo is running",
         "",
-        "  アプリ / apps (自己署名証明書の警告は「詳細設定 → 続行」/ accept the self-signed certificate):",
+        "  アプリ / apps (自己署名証明書の警告は「詳細設定 → 続行」/ "
+        "accept the self-signed certificate):",
     ]
     for route in config.routes:
         lines.append(f"    https://{route.host}:{port}{route.path_prefix.rstrip('/')}/"

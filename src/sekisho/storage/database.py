@@ -6,7 +6,6 @@ an unknown schema could make a policy or audit write silently fail, which must n
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
