@@ -165,6 +165,7 @@ def prepare_sekisho(tmp: Path, upstream: int) -> tuple[str, str, Path]:
 def worker(spec_path: str, port: int, profile: str | None) -> None:
     import uvloop
 
+    from sekisho.app import tune_worker_process
     from sekisho.audit.log import AuditLog
     from sekisho.config.model import Config, ListenAddress, Route, SessionSettings
     from sekisho.gateway.keys import KeyRing
@@ -174,6 +175,7 @@ def worker(spec_path: str, port: int, profile: str | None) -> None:
     from sekisho.storage.database import create_database_engine
     from sekisho.storage.keys import SigningKeyRepository
 
+    tune_worker_process()  # as `sekisho serve` does in each worker
     spec = json.loads(Path(spec_path).read_text())
     engine = create_database_engine(spec["url"])
     config = Config(source="<bench>", routes=(

@@ -34,6 +34,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("sekisho.app")
 
 GRACE_SECONDS = 10.0
+# How long one thread may hold the GIL while another waits (CPython default 5 ms). A gateway
+# worker runs the event loop and the audit writer thread: with 5 ms slices the writer falls
+# behind under full load (its events are then refused: 503) and every slice it takes stalls
+# the loop by up to 5 ms (tail latency). 1 ms keeps both in check (docs/benchmarks.md).
+WORKER_SWITCH_INTERVAL = 0.001
+
+
+def tune_worker_process() -> None:
+    """Process-wide settings for a gateway worker (one event loop + one audit writer thread)."""
+    sys.setswitchinterval(WORKER_SWITCH_INTERVAL)
 
 
 @dataclass(frozen=True)
@@ -156,6 +166,7 @@ async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_rel
     from sekisho.runtime import build_runtime
     from sekisho.storage.keys import SigningKeyRepository
 
+    tune_worker_process()
     config = launch.config
     engine = open_storage(config)
     holder = RuntimeHolder(build_runtime(config, digest_of(launch.config_path, config)))

@@ -2,11 +2,13 @@
 
 Access decisions are `record()`ed without waiting: they join an in-memory queue that the
 writer commits every `flush_interval` seconds (or sooner when `batch_max` are waiting), so a
-hard kill loses at most the events of the last moments (see docs/audit.md). Sign-ins and admin
-changes are `append()`ed durably: they join the next batch, trigger it at once, and return only
-after the commit. If the database fails, the writer keeps the events and retries with back-off,
-and meanwhile every `record()`/`append()` raises `AuditUnavailable` so the gateway denies:
-no request is served that the audit log cannot record (fail closed).
+hard kill loses at most the events of the last moments (see docs/audit.md). `record()` runs
+on the gateway's event loop for every request, so it only stamps the time and queues the
+frozen event; canonical JSON, time formatting and hashing happen in the writer. Sign-ins
+and admin changes are `append()`ed durably: they join the next batch, trigger it at once, and
+return only after the commit. If the database fails, the writer keeps the events and retries
+with back-off, and meanwhile every `record()`/`append()` raises `AuditUnavailable` so the
+gateway denies: no request is served that the audit log cannot record (fail closed).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from sekisho.audit.chain import canonical_json
+from sekisho.audit.chain import RESERVED_KEYS, canonical_json
 from sekisho.audit.events import AuditEvent
 from sekisho.errors import SekishoError
 from sekisho.storage.audit_log import PendingRecord, append_batch, check_writable
@@ -48,14 +50,22 @@ def _utcnow() -> datetime:
 _FIELDS: dict[type[AuditEvent], tuple[str, ...]] = {}
 
 
-def _fields_of(event: AuditEvent) -> dict[str, Any]:
-    cls = type(event)
+def _names_of(cls: type[AuditEvent]) -> tuple[str, ...]:
+    """The field names of an event class, checked once per class (cheap on the hot path)."""
     names = _FIELDS.get(cls)
     if names is None:
         if not cls.event_type:
             raise TypeError(f"{cls.__name__} has no event_type and cannot be appended")
-        names = _FIELDS[cls] = tuple(field.name for field in dataclasses.fields(event))
-    return {name: getattr(event, name) for name in names}
+        names = tuple(field.name for field in dataclasses.fields(cls))
+        for reserved in RESERVED_KEYS:
+            if reserved in names:
+                raise ValueError(f"event field {reserved!r} is reserved")
+        _FIELDS[cls] = names
+    return names
+
+
+def _fields_of(event: AuditEvent) -> dict[str, Any]:
+    return {name: getattr(event, name) for name in _names_of(type(event))}
 
 
 def _settle(future: concurrent.futures.Future[int], outcome: int | BaseException) -> None:
@@ -71,16 +81,20 @@ def _settle(future: concurrent.futures.Future[int], outcome: int | BaseException
 
 
 class _Item:
-    """One queued entry: an event (or a flush marker when `record` is None)."""
+    """One queued entry: a ready record, or an event still to be serialised by the writer
+    (`event` and `occurred_at` set, `record` None), or a flush marker (all three None)."""
 
-    __slots__ = ("durable", "future", "queued_at", "record")
+    __slots__ = ("durable", "event", "future", "occurred_at", "queued_at", "record")
 
     def __init__(self, record: PendingRecord | None, future: concurrent.futures.Future[int] | None,
-                 durable: bool, queued_at: float) -> None:
+                 durable: bool, queued_at: float, *, event: AuditEvent | None = None,
+                 occurred_at: datetime | None = None) -> None:
         self.record = record
         self.future = future
         self.durable = durable
         self.queued_at = queued_at
+        self.event = event
+        self.occurred_at = occurred_at
 
 
 class AuditLog:
@@ -119,6 +133,11 @@ class AuditLog:
         self._give_up_at = float("inf")
         self._held: list[_Item] | None = None  # a batch whose commit failed, retried as is
         self._inflight_since: float | None = None
+        # Refuse new events while more are waiting than the writer commits in half of
+        # `max_lag` (its measured rate): `record()` is far cheaper than a commit, so without
+        # this a producer could queue more than the writer can commit inside the loss window.
+        self._rate = 20_000.0  # events/s, measured per drained batch (moving average)
+        self._backlog_max = max(batch_max, int(self._rate * max_lag / 2))
         self.committed = 0
         self.failures = 0
 
@@ -134,10 +153,20 @@ class AuditLog:
         return len(self._queue) + len(self._held or ())
 
     def record(self, event: AuditEvent) -> None:
-        """Queue an event for the next group commit; never blocks. Thread-safe."""
+        """Queue an event for the next group commit; never blocks. Thread-safe.
+
+        O(1) on the caller's thread: the event is frozen, so only its time is taken here; the
+        writer serialises it. The class is checked (event_type, reserved names) here so that
+        a bad event fails its caller, not the writer.
+        """
+        cls = type(event)
+        if cls not in _FIELDS:
+            _names_of(cls)
         queued_at = self._admit()
-        self._queue.append(_Item(self._pending(event), None, False, queued_at))
-        if len(self._queue) >= self._batch_max and not self._wake.is_set():
+        queue = self._queue
+        queue.append(_Item(None, None, False, queued_at, event=event,
+                           occurred_at=self._now()))
+        if len(queue) >= self._batch_max and not self._wake.is_set():
             self._wake.set()
 
     async def append(self, event: AuditEvent) -> None:
@@ -179,8 +208,11 @@ class AuditLog:
             raise AuditUnavailable(_UNAVAILABLE + " (closed)")
         if not self._healthy:
             raise AuditUnavailable(_UNAVAILABLE + " (database failing)")
-        if len(self._queue) >= self._queue_max:
+        waiting = len(self._queue)
+        if waiting >= self._queue_max:
             raise AuditUnavailable(_UNAVAILABLE + " (queue full)")
+        if waiting >= self._backlog_max and self._thread is not None:
+            raise AuditUnavailable(_UNAVAILABLE + " (writer behind)")
         queued_at = self._monotonic()
         if self._lagging(queued_at):
             raise AuditUnavailable(_UNAVAILABLE + " (writer behind)")
@@ -195,8 +227,9 @@ class AuditLog:
                 return False
         return now - oldest > self._max_lag
 
-    def _pending(self, event: AuditEvent) -> PendingRecord:
-        occurred_at = self._now()
+    def _pending(self, event: AuditEvent, occurred_at: datetime | None = None) -> PendingRecord:
+        if occurred_at is None:
+            occurred_at = self._now()
         if occurred_at.tzinfo is None:
             occurred_at = occurred_at.replace(tzinfo=UTC)
         body = canonical_json(event.event_type, occurred_at, _fields_of(event))
@@ -271,7 +304,8 @@ class AuditLog:
             batch = self._held or self._take()
             if not batch and (self._healthy or self._stopping):
                 return
-            records = [item.record for item in batch if item.record is not None]
+            began = time.perf_counter()
+            records = self._records(batch)
             try:
                 if records:
                     last_seq = append_batch(self._engine, records)
@@ -294,12 +328,37 @@ class AuditLog:
                             len(records))
             self._healthy = True
             self.committed += len(records)
+            self._measure(len(records), time.perf_counter() - began)
             seq = last_seq - len(records)
             for item in batch:
                 if item.record is not None:
                     seq += 1
                 if item.future is not None:
                     _settle(item.future, seq)
+
+    def _measure(self, count: int, seconds: float) -> None:
+        if count < 100 or seconds <= 0:
+            return  # a small batch is mostly fixed commit cost: no measure of throughput
+        self._rate = 0.7 * self._rate + 0.3 * (count / seconds)
+        self._backlog_max = max(self._batch_max, int(self._rate * self._max_lag / 2))
+
+    def _records(self, batch: list[_Item]) -> list[PendingRecord]:
+        """Serialise the recorded events of a batch (once: a held batch keeps its records)."""
+        records: list[PendingRecord] = []
+        for item in batch:
+            if item.record is None and item.event is not None:
+                try:
+                    item.record = self._pending(item.event, item.occurred_at)
+                except Exception:
+                    # A value JSON cannot carry: a programming error in an event type. Keep
+                    # the writer alive for every other event and say so loudly.
+                    log.exception("audit: %s event could not be serialised; dropped",
+                                  item.event.event_type)
+                    self.failures += 1
+                item.event = None
+            if item.record is not None:
+                records.append(item.record)
+        return records
 
     def _fail(self, batch: list[_Item], exc: Exception, attempt: int) -> None:
         self.failures += 1

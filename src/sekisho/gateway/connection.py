@@ -59,8 +59,8 @@ class Exchange:
 
     __slots__ = (
         "body_bytes", "body_done", "buffered", "chunked", "content_length", "error", "expect",
-        "headers", "keep_alive", "method", "pending", "sink", "upgrade", "url", "version",
-        "waiter",
+        "headers", "host_count", "host_value", "keep_alive", "method", "pending", "sink",
+        "upgrade", "url", "version", "waiter",
     )
 
     def __init__(self) -> None:
@@ -68,6 +68,8 @@ class Exchange:
         self.url = b""
         self.version = "1.1"
         self.headers: list[tuple[bytes, bytes]] = []
+        self.host_count = 0  # how many Host headers arrived (exactly one is acceptable)
+        self.host_value = b""
         self.keep_alive = False
         self.chunked = False
         self.content_length: int | None = None
@@ -100,6 +102,7 @@ class ClientConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address("0.0.0.0")  # noqa: S104
+        self.peer_text = "0.0.0.0"  # noqa: S104  # str(peer), formatted once per connection
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[Exchange] = deque()
         self.current: Exchange | None = None  # the exchange being parsed
@@ -118,8 +121,10 @@ class ClientConnection(asyncio.Protocol):
         self._header_size = 0
         self._in_head = False
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
         self.busy = False
         self.limits: ConnLimits = gateway.limits()
+        self._tick = min(self.limits.header_timeout, self.limits.idle_timeout)
         self.task: asyncio.Task[None] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -130,6 +135,7 @@ class ClientConnection(asyncio.Protocol):
         if peer:
             with contextlib.suppress(ValueError):
                 self.peer = ipaddress.ip_address(peer[0])
+                self.peer_text = str(self.peer)
         high = BUFFER_HIGH
         transport.set_write_buffer_limits(high=high)  # type: ignore[attr-defined]
         self.gateway.connections.add(self)
@@ -140,6 +146,9 @@ class ClientConnection(asyncio.Protocol):
         self.closed = True
         self.gateway.connections.discard(self)
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.queue_waiter is not None and not self.queue_waiter.done():
             self.queue_waiter.set_result(None)
         for exchange in (*self.queue, self.current):
@@ -231,6 +240,9 @@ class ClientConnection(asyncio.Protocol):
                 exchange.chunked = True
             elif lowered == b"content-length":
                 exchange.content_length = int(value)
+            elif lowered == b"host":
+                exchange.host_count += 1
+                exchange.host_value = value
             elif lowered == b"expect":
                 exchange.expect = value.strip().lower() == b"100-continue"
         if exchange.chunked and (exchange.version == "1.0" or exchange.content_length is not None):
@@ -351,17 +363,27 @@ class ClientConnection(asyncio.Protocol):
 
     # -- timers ---------------------------------------------------------------------------
 
+    # One timer handle per connection, not one per request: arming only moves a deadline.
+    # The handle is always due no later than `_tick` (the shorter of the two timeouts) after
+    # it was scheduled, and every deadline is set at least `_tick` ahead, so the timer never
+    # fires after the deadline it guards; when it fires early it re-schedules itself.
+
     def _arm(self, delay: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_later(delay, self._expired)
+        now = self.loop.time()
+        self._deadline = now + delay
+        if self._timer is None:
+            self._timer = self.loop.call_at(now + min(delay, self._tick), self._expired)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = None
 
     def _expired(self) -> None:
         self._timer = None
-        if not self.busy:
+        deadline = self._deadline
+        if deadline is None or self.closed:
+            return
+        now = self.loop.time()
+        if now < deadline:
+            self._timer = self.loop.call_at(min(deadline, now + self._tick), self._expired)
+        elif not self.busy:
             self.abort()  # slowloris / idle keep-alive: nothing useful is in flight

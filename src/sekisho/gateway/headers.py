@@ -31,17 +31,33 @@ MANAGED = frozenset({
     b"x-forwarded-port", b"x-real-ip", b"content-length", b"host", b"expect",
 })
 OWNED_PREFIX = b"x-sekisho"
+_DROPPED = HOP_BY_HOP | MANAGED
+
+# Raw name -> canonical name. The same few dozen spellings arrive on every request, so one
+# dict lookup replaces lower() + replace(); bounded, so a client sending endless new names
+# only misses the cache (the result is identical either way).
+_CANONICAL: dict[bytes, bytes] = {}
+_CANONICAL_MAX = 2048
 
 
 def canonical_name(name: bytes) -> bytes:
-    return name.lower().replace(b"_", b"-")
+    key = _CANONICAL.get(name)
+    if key is None:
+        key = name.lower().replace(b"_", b"-")
+        if len(_CANONICAL) < _CANONICAL_MAX:
+            _CANONICAL[name] = key
+    return key
+
+
+def _tokens(value: bytes) -> set[bytes]:
+    return {canonical_name(t.strip()) for t in value.split(b",") if t.strip()}
 
 
 def connection_tokens(headers: Iterable[Header]) -> frozenset[bytes]:
     tokens: set[bytes] = set()
     for name, value in headers:
         if canonical_name(name) == b"connection":
-            tokens.update(canonical_name(t.strip()) for t in value.split(b",") if t.strip())
+            tokens.update(_tokens(value))
     return frozenset(tokens)
 
 
@@ -68,20 +84,27 @@ def upstream_headers(
 
     With `websocket`, `Upgrade`/`Connection: upgrade` and the `Sec-WebSocket-*` headers pass.
     """
-    listed = connection_tokens(headers)
+    canonical = _CANONICAL.get
+    listed: set[bytes] = set()
+    kept_keys: list[bytes] = []
     out: list[Header] = []
     for name, value in headers:
-        key = canonical_name(name)
-        if key in HOP_BY_HOP or key in MANAGED or key.startswith(OWNED_PREFIX):
+        key = canonical(name) or canonical_name(name)
+        if key in _DROPPED or key.startswith(OWNED_PREFIX):
+            if key == b"connection":
+                listed |= _tokens(value)
             continue
-        if key in listed:
-            continue  # named in Connection: hop-by-hop by declaration
         if key == b"cookie":
             kept = strip_cookies(value, cookie_names)
-            if kept:
-                out.append((name, kept))
+            if not kept:
+                continue
+            kept_keys.append(key)
+            out.append((name, kept))
             continue
+        kept_keys.append(key)
         out.append((name, value))
+    if listed:  # named in Connection: hop-by-hop by declaration
+        out = [header for key, header in zip(kept_keys, out, strict=True) if key not in listed]
     if websocket:
         out.append((b"Connection", b"Upgrade"))
         out.append((b"Upgrade", b"websocket"))
@@ -90,12 +113,30 @@ def upstream_headers(
 
 def response_headers(headers: Sequence[Header]) -> list[Header]:
     """Upstream response headers without hop-by-hop ones and framing (re-added by us)."""
-    listed = connection_tokens(headers)
-    return [
-        (name, value) for name, value in headers
-        if (key := canonical_name(name)) not in HOP_BY_HOP
-        and key != b"content-length" and key not in listed
-    ]
+    return response_framing(headers)[0]
+
+
+def response_framing(headers: Sequence[Header]) -> tuple[list[Header], bytes | None]:
+    """(`response_headers(headers)`, the upstream's Content-Length value or None), one pass."""
+    canonical = _CANONICAL.get
+    listed: set[bytes] = set()
+    length: bytes | None = None
+    kept_keys: list[bytes] = []
+    out: list[Header] = []
+    for name, value in headers:
+        key = canonical(name) or canonical_name(name)
+        if key in HOP_BY_HOP:
+            if key == b"connection":
+                listed |= _tokens(value)
+            continue
+        if key == b"content-length":
+            length = value.strip()
+            continue
+        kept_keys.append(key)
+        out.append((name, value))
+    if listed:
+        out = [header for key, header in zip(kept_keys, out, strict=True) if key not in listed]
+    return out, length
 
 
 def _parse_ip(text: bytes) -> IPAddress | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 from sekisho.gateway.connection import ClientConnection, Exchange
-from sekisho.gateway.headers import canonical_name, response_headers
+from sekisho.gateway.headers import response_framing
 from sekisho.gateway.upstream import Origin, UpstreamConnection, UpstreamError, UpstreamPool
 
 Header = tuple[bytes, bytes]
@@ -113,12 +113,11 @@ async def forward(
     if websocket and status == 101:
         return await _splice(client, exchange, upstream, upstream_seconds)
 
-    headers = response_headers(upstream.headers)
+    headers, length = response_framing(upstream.headers)
     has_length = no_body = False
-    for name, value in upstream.headers:
-        if canonical_name(name) == b"content-length":
-            has_length = True
-            headers.append((b"Content-Length", value.strip()))
+    if length is not None:
+        has_length = True
+        headers.append((b"Content-Length", length))
     if exchange.method == "HEAD" or status in (204, 304) or status < 200:
         no_body = True
     keep_alive = exchange.keep_alive and not exchange.upgrade

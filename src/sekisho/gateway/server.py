@@ -208,10 +208,9 @@ class Gateway:
         if exchange.error:
             return self.page(conn, exchange, exchange.error)[0]
         config = runtime.config
-        host_values = [v for n, v in exchange.headers if n.lower() == b"host"]
-        if len(host_values) != 1:
+        if exchange.host_count != 1:
             return self.page(conn, exchange, 400)[0]  # missing or doubled Host: host confusion
-        host_header = host_values[0].decode("latin-1").strip().lower()
+        host_header = exchange.host_value.decode("latin-1").strip().lower()
         if not _HOST_RE.match(host_header):
             return self.page(conn, exchange, 400)[0]
         host = strip_port(host_header)
@@ -271,7 +270,7 @@ class Gateway:
             log.exception("proxying failed")
             status, keep = 502, False
             conn.abort()
-        self._account(route, verdict, client_ip, exchange, path=target.path, status=status,
+        self._account(conn, route, verdict, client_ip, exchange, path=target.path, status=status,
                       bytes_out=bytes_out, started=started)
         return keep
 
@@ -291,7 +290,12 @@ class Gateway:
                                     b"__Host-sekisho-csrf"}),
             websocket=websocket,
         )
-        headers += forwarded_headers(chain, scheme, host_header.encode("latin-1"))
+        if len(chain) == 1 and chain[0] is conn.peer:
+            headers += ((b"X-Forwarded-For", conn.peer_text.encode("ascii")),
+                        (b"X-Forwarded-Proto", scheme.encode("ascii")),
+                        (b"X-Forwarded-Host", host_header.encode("latin-1")))
+        else:
+            headers += forwarded_headers(chain, scheme, host_header.encode("latin-1"))
         if session is not None:
             token = self.signer.token(config.assertion, route.id, session)
             headers.append((config.assertion.header.encode("ascii"), token.encode("ascii")))
@@ -326,7 +330,7 @@ class Gateway:
         else:
             status = verdict.deny_status
             keep, sent = self.page(conn, exchange, status, verdict.decision.reasons)
-        self._account(route, verdict, client_ip, exchange, path=target.path, status=status,
+        self._account(conn, route, verdict, client_ip, exchange, path=target.path, status=status,
                       bytes_out=sent, started=started)
         return keep
 
@@ -385,15 +389,17 @@ class Gateway:
 
     # -- accounting ---------------------------------------------------------------------------
 
-    def _account(self, route: Route, verdict: Verdict, client_ip: Any, exchange: Exchange, *,
-                 path: str, status: int, bytes_out: int, started: float) -> None:
+    def _account(self, conn: ClientConnection, route: Route, verdict: Verdict, client_ip: Any,
+                 exchange: Exchange, *, path: str, status: int, bytes_out: int,
+                 started: float) -> None:
         decision = verdict.decision
         session = verdict.session
         try:
             self.audit.record(AccessDecision(
                 route=route.id, user=session.username if session else "",
                 decision="allow" if decision.allow else "deny", reasons=decision.reasons,
-                source_ip=str(client_ip), method=exchange.method, path=path, status=status,
+                source_ip=conn.peer_text if client_ip is conn.peer else str(client_ip),
+                method=exchange.method, path=path, status=status,
                 bytes_in=exchange.body_bytes, bytes_out=bytes_out,
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
                 session=session.short_id if session else "",

@@ -82,6 +82,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.client: ClientSide | None = None  # whose request body we are sending
         self.upgrading = False
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._armed = False
         self._timeout = 0.0
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
@@ -100,7 +102,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.disarm()
+        self._cancel_timer()
         if self.splice is not None and self.client is not None:
             self.client.close()
         if self.head is not None and not self.head.done():
@@ -211,22 +213,40 @@ class UpstreamConnection(asyncio.Protocol):
             sink(chunk)
 
     def arm(self, timeout: float) -> None:
-        """Fail the exchange when the upstream stays silent for `timeout` seconds."""
+        """Fail the exchange when the upstream stays silent for `timeout` seconds.
+
+        The timer handle outlives the exchange (a pooled connection keeps it): arming only
+        sets the deadline, and a new handle is scheduled only when none is due by then.
+        """
         self._timeout = timeout
-        self.last_activity = self.loop.time()
-        self._timer = self.loop.call_later(timeout, self._check)
+        self._armed = True
+        now = self.last_activity = self.loop.time()
+        due = now + timeout
+        if self._timer is not None and self._timer_at > due:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None:
+            self._timer_at = due
+            self._timer = self.loop.call_at(due, self._check)
 
     def disarm(self) -> None:
+        self._armed = False
+
+    def _cancel_timer(self) -> None:
+        self._armed = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
     def _check(self) -> None:
-        remaining = self.last_activity + self._timeout - self.loop.time()
-        if remaining > 0:
-            self._timer = self.loop.call_later(remaining, self._check)
-            return
         self._timer = None
+        if not self._armed or self.closed:
+            return
+        due = self.last_activity + self._timeout
+        if due > self.loop.time():
+            self._timer_at = due
+            self._timer = self.loop.call_at(due, self._check)
+            return
         error = UpstreamError("upstream read timeout", timeout=True, started=self.status != 0)
         for future in (self.head, self.done):
             if future is not None and not future.done():
