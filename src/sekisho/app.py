@@ -240,7 +240,16 @@ async def _start_admin(
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    server = AdminServer(ready, jwks, registry)
+    async def count_sessions() -> None:
+        from datetime import UTC, datetime
+
+        from sekisho.observability.metrics import ACTIVE_SESSIONS
+        from sekisho.storage.sessions import count_active
+
+        ACTIVE_SESSIONS.set(await asyncio.to_thread(
+            count_active, engine, datetime.now(UTC), config.session.idle_timeout))
+
+    server = AdminServer(ready, jwks, registry, before_scrape=count_sessions)
     await server.start(config.server.admin_listen.host, config.server.admin_listen.port)
     return server
 

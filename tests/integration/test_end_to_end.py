@@ -146,13 +146,65 @@ def test_sighup_swaps_the_config_and_refuses_a_broken_one(
     while time.monotonic() < deadline and browser.get("wiki.localhost", "/").status != 403:
         time.sleep(0.1)
     assert browser.get("wiki.localhost", "/").status == 403
+    assert sqlite_gateway.stop() == 0
+    exported = sqlite_gateway.cli("audit", "export", "--format", "jsonl").stdout
+    kinds = [json.loads(line)["event"]["event_type"] for line in exported.splitlines() if line]
+    assert "config.rejected" in kinds and "config.reloaded" in kinds
 
 
 def test_admin_endpoints_live_only_on_the_admin_listener(sqlite_gateway: GatewayProcess) -> None:
+    browser = sqlite_gateway.browser()
+    browser.signin("wiki.localhost", "tanaka")
+    assert browser.get("wiki.localhost", "/").status == 200
     status, body = sqlite_gateway.admin_get("/metrics")
-    assert status == 200 and b"sekisho_requests_total" in body
+    assert status == 200
+    assert b'sekisho_requests_total{route="wiki",status="200"} 1.0' in body
+    assert b"sekisho_active_sessions 1.0" in body
+    assert b'sekisho_signins_total{result="success"} 1.0' in body
     assert sqlite_gateway.admin_get("/healthz")[0] == 200
     assert sqlite_gateway.admin_get("/readyz")[0] == 200
-    browser = sqlite_gateway.browser()
+    stranger = sqlite_gateway.browser()
     for path in ("/metrics", "/healthz", "/readyz"):
-        assert browser.get("wiki.localhost", path).status in (302, 404)
+        assert stranger.get("wiki.localhost", path).status == 302  # just a route path
+        # Signed in, the path goes to the upstream like any other: the gateway keeps nothing there.
+        assert b"sekisho_requests_total" not in browser.get("wiki.localhost", path).body
+
+
+def test_serve_refuses_an_unmigrated_database(tmp_path, upstream: EchoUpstream) -> None:
+    import subprocess
+
+    from .harness import SEKISHO
+
+    gateway = GatewayProcess(tmp_path, f"sqlite:///{tmp_path}/never-migrated.db", upstream)
+    result = subprocess.run([*SEKISHO, "serve", "--config", str(gateway.config)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "sekisho db upgrade" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_reload_keeps_live_keep_alive_connections(sqlite_gateway: GatewayProcess) -> None:
+    import http.client
+
+    browser = sqlite_gateway.browser()
+    browser.signin("wiki.localhost", "tanaka")
+    cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies_for("wiki.localhost").items())
+    connection = http.client.HTTPSConnection("127.0.0.1", sqlite_gateway.port,
+                                             context=browser.context, timeout=10)
+    headers = {"Host": "wiki.localhost", "Cookie": cookie}
+    connection.request("GET", "/before", headers=headers)
+    assert connection.getresponse().read() and True
+    sock = connection.sock
+    original = sqlite_gateway.config.read_text()
+    sqlite_gateway.config.write_text(original.replace("title: 財務会計", "title: 財務会計システム"))
+    sqlite_gateway.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while "configuration reloaded" not in sqlite_gateway.log.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    connection.request("GET", "/after", headers=headers)
+    response = connection.getresponse()
+    assert response.status == 200
+    assert json.loads(response.read())["path"] == "/after"
+    assert connection.sock is sock  # the same TCP connection carried on across the reload
+    connection.close()

@@ -55,10 +55,14 @@ def format_time(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# Built once: json.dumps with these options would construct a new encoder per call.
+_CANONICAL_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                                      allow_nan=False)
+
+
 def canonical_dumps(document: Mapping[str, Any]) -> str:
     """The one JSON serialisation we hash: sorted keys, no whitespace, UTF-8 kept as is."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    return _CANONICAL_ENCODER.encode(document)
 
 
 def canonical_json(event_type: str, occurred_at: datetime, event_fields: Mapping[str, Any]) -> str:

@@ -33,6 +33,7 @@ from sekisho.identity.principal import SessionInfo
 from sekisho.identity.redirects import safe_redirect
 from sekisho.identity.sessions import SessionManager
 from sekisho.identity.throttle import Throttle
+from sekisho.observability import metrics
 from sekisho.services import AuditSink
 from sekisho.storage import users
 from sekisho.storage.secrets_store import get_or_create_secret
@@ -173,6 +174,7 @@ class _Pages:
         ip = request.client_ip
 
         async def fail(reason: str, status: int = 401, error: str = MSG_FAILED) -> Response:
+            metrics.SIGNINS.labels(reason).inc()
             await self.audit.append(SignInFailed(user=username[:64], source_ip=ip,
                                                  reason=reason, user_agent=agent))
             return self.signin_page(request, status=status, error=error, username=username,
@@ -223,6 +225,7 @@ class _Pages:
         except Exception:
             await asyncio.to_thread(self.sessions.revoke_id, info.session_id, "audit-failed")
             raise
+        metrics.SIGNINS.labels("success").inc()
         hosts = {route.host for route in config.routes}
         scheme = "https" if config.tls.enabled else "http"
         target = safe_redirect(rd, hosts, "/", scheme=scheme)

@@ -42,8 +42,10 @@ class AdminServer:
         ready: ReadinessCheck,
         jwks: JwksProvider | None = None,
         registry: CollectorRegistry | None = None,
+        before_scrape: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._ready = ready
+        self._before_scrape = before_scrape
         self._jwks = jwks
         self._registry = registry or REGISTRY
         self._server: asyncio.Server | None = None
@@ -91,6 +93,11 @@ class AdminServer:
             return 405, "text/plain", b"method not allowed\n"
         path = httptools.parse_url(head.url).path.decode("ascii", "replace")
         if path == "/metrics":
+            if self._before_scrape is not None:
+                try:
+                    await self._before_scrape()
+                except Exception:  # a gauge that cannot refresh must not hide the others
+                    log.warning("metrics refresh failed", exc_info=True)
             return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
         if path == "/healthz":
             return 200, "application/json", b'{"status":"ok"}'

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from sekisho.errors import StorageError
@@ -168,6 +168,18 @@ def list_active(
     except SQLAlchemyError as exc:
         raise _fail(exc) from None
     return [_record(row, groups[row[1]]) for row in rows]
+
+
+def count_active(engine: Engine, now: datetime, idle_timeout: float) -> int:
+    """How many sessions are live now (for the `sekisho_active_sessions` gauge)."""
+    query = select(func.count()).select_from(Session).where(
+        Session.revoked_at.is_(None), Session.expires_at > now,
+        Session.last_seen_at > now - timedelta(seconds=idle_timeout))
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+    except SQLAlchemyError as exc:
+        raise _fail(exc) from None
 
 
 def find_by_prefix(engine: Engine, prefix: str, *, limit: int = 10) -> list[str]:
