@@ -238,6 +238,7 @@ class GatewayProcess:
                 raise AssertionError("gateway exited: " + self.log.read_text()[-3000:])
             try:
                 if self.admin_get("/readyz")[0] == 200:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                     return
             except OSError:
                 pass

@@ -1,0 +1,57 @@
+"""Several worker processes behind one port: the master relays reloads and restarts workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from .harness import EchoUpstream, GatewayProcess
+
+
+def _worker_pids(master: int) -> list[int]:
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def test_two_workers_serve_reload_and_are_restarted(tmp_path: Path,
+                                                    upstream: EchoUpstream) -> None:
+    gateway = GatewayProcess(tmp_path, f"sqlite:///{tmp_path}/sekisho.db", upstream)
+    gateway.config.write_text(gateway.config.read_text().replace("workers: 1", "workers: 2"))
+    gateway.provision()
+    gateway.start()
+    try:
+        assert gateway.process is not None
+        deadline = time.monotonic() + 15
+        while len(_worker_pids(gateway.process.pid)) < 2:
+            assert time.monotonic() < deadline, "workers did not start"
+            time.sleep(0.1)
+        browser = gateway.browser()
+        # Sessions live in the database: a sign-in on one worker is valid on the other.
+        browser.signin("wiki.localhost", "tanaka")
+        statuses = {browser.get("wiki.localhost", f"/{i}").status for i in range(20)}
+        assert statuses == {200}
+
+        original = gateway.config.read_text()
+        gateway.config.write_text(original.replace(
+            "    segment: internet\n    policy: staff", "    segment: internet\n    policy: admins"))
+        gateway.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while {browser.get("wiki.localhost", f"/{i}").status for i in range(10)} != {403}:
+            assert time.monotonic() < deadline, "both workers should apply the reload"
+            time.sleep(0.2)
+
+        victim = _worker_pids(gateway.process.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while True:
+            pids = _worker_pids(gateway.process.pid)
+            if len(pids) == 2 and victim not in pids:
+                break
+            assert time.monotonic() < deadline, "the master should restart a dead worker"
+            time.sleep(0.2)
+        status, body = gateway.admin_get("/metrics")
+        assert status == 200 and b"sekisho_requests_total" in body
+    finally:
+        assert gateway.stop() == 0
