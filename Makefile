@@ -16,6 +16,7 @@ run: $(STAMP)  ## start the gateway on the embedded demo (SQLite, demo routes an
 	$(BIN)/sekisho serve --demo
 
 test: $(STAMP)  ## run the whole test suite
+	scripts/test-deps
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)  ## benchmarks: proxy vs nginx/Caddy (wrk), PDP vs cedarpy, audit append

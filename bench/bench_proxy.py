@@ -8,7 +8,8 @@ connections) measures: (a) the upstream directly, (b) an nginx reverse proxy, (c
 reverse proxy, (d) Sekisho with a real signed-in session (SessionManager over SQLite), a
 group policy, the assertion and the real AuditLog (hash chain, SQLite), with 1, 2 and 3
 worker processes sharing the port through SO_REUSEPORT (tuned as `sekisho serve` tunes its
-workers); the best counts. All plain HTTP, so TLS cost is equal (absent) for every contender. Then the added p99 over nginx at half of Sekisho's
+workers); the best counts. All plain HTTP, so TLS cost is equal (absent) for every contender.
+Then the added p99 over nginx at half of Sekisho's
 maximum rate: wrk with a Lua `delay()` per request (no wrk2/oha in Debian; see docs).
 `main(argv) -> dict` returns the figures for bench/run.py.
 """

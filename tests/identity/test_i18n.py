@@ -16,7 +16,7 @@ PACKAGE = Path(sekisho.identity.__file__).parent
 
 
 def _used_messages():
-    method_map = [("signin.py", "python"), ("templates/**.html", "jinja2.ext:babel_extract")]
+    method_map = [("*.py", "python"), ("templates/**.html", "jinja2.ext:babel_extract")]
     options = {"templates/**.html": {"extensions": "jinja2.ext.i18n"}}
     return {msg[2] for msg in extract_from_dir(
         str(PACKAGE), method_map, options, keywords={"N_": None, "_": None, "gettext": None})}

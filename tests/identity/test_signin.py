@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import re
 from http.cookies import SimpleCookie
+from ipaddress import ip_network
 
 import pytest
 
 from sekisho.audit.log import AuditUnavailable
-from sekisho.config.model import Config, Route, SessionSettings, ThrottleSettings
+from sekisho.config.model import Config, MfaSettings, Route, SessionSettings, ThrottleSettings
 from sekisho.identity.sessions import SessionManager
 from sekisho.identity.signin import build_signin_handlers
 from sekisho.storage import sessions as session_store
@@ -24,6 +25,9 @@ CONFIG = Config(
     session=SessionSettings(idle_timeout=1800, absolute_lifetime=3600, cache_ttl=1.0),
     throttle=ThrottleSettings(account_max_failures=3, ip_max_failures=50, lockout=600,
                               base_delay=0.0, max_delay=0.0),
+    # These tests are about the password step: the browsers sit in the office network, so
+    # no second factor is demanded (tests/identity/test_mfa_*.py cover that part).
+    mfa=MfaSettings(office_networks=(ip_network("192.0.2.0/24"),)),
 )
 
 

@@ -94,6 +94,9 @@ throttle:
   lockout: 15m
   base_delay: 10ms
   max_delay: 10ms
+mfa:
+  office_networks: ["127.0.0.0/8"]
+  require_groups: []
 audit:
   flush_interval: 100ms
 assertion:

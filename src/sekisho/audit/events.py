@@ -161,3 +161,106 @@ class SigningKeyRotated(AuditEvent):
 
     kid: str
     admin: str = "system"
+
+
+@dataclass(frozen=True, slots=True)
+class FactorChanged(AuditEvent):
+    """A second factor (TOTP, passkey, …) was enrolled or removed, or recovery codes renewed."""
+
+    event_type: ClassVar[str] = "mfa.factor.changed"
+
+    user: str
+    kind: str  # "totp" | "webauthn" | "recovery"
+    action: str  # "enrol" | "remove" | "renew"
+    factor: str = ""  # the factor's id or name
+    source_ip: str = ""
+    admin: str = ""  # set when an administrator made the change
+
+
+@dataclass(frozen=True, slots=True)
+class FactorsReset(AuditEvent):
+    """An administrator removed every second factor and recovery code of a user."""
+
+    event_type: ClassVar[str] = "mfa.factors.reset"
+
+    admin: str
+    user: str
+    factors: int
+    recovery_codes: int
+
+    @property
+    def actor(self) -> str:
+        return self.admin
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryCodeUsed(AuditEvent):
+    """A single-use recovery code replaced the second factor at sign-in or step-up."""
+
+    event_type: ClassVar[str] = "mfa.recovery.used"
+
+    user: str
+    source_ip: str
+    remaining: int
+
+
+@dataclass(frozen=True, slots=True)
+class MfaFailed(AuditEvent):
+    """A second-factor attempt failed (wrong or replayed code, throttled, expired flow)."""
+
+    event_type: ClassVar[str] = "mfa.failure"
+
+    user: str
+    method: str  # "totp" | "recovery" | "webauthn" …
+    reason: str  # "invalid-code" | "throttled" | "flow-ended" | "csrf-invalid" …
+    source_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSteppedUp(AuditEvent):
+    """A session proved a factor again; it was replaced by a new session id (rotation)."""
+
+    event_type: ClassVar[str] = "session.stepup"
+
+    user: str
+    method: str
+    session: str  # the new session's short id
+    previous: str  # the replaced session's short id
+    source_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class OidcSignIn(AuditEvent):
+    """An identity provider proved a user's identity (a verified ID token was accepted)."""
+
+    event_type: ClassVar[str] = "oidc.signin"
+
+    user: str
+    idp: str
+    source_ip: str
+    idp_mfa: bool  # the ID token asserted MFA (amr / acr)
+    next_step: str  # "session" | "second-factor"
+
+
+@dataclass(frozen=True, slots=True)
+class OidcRejected(AuditEvent):
+    """A federated sign-in or a back-channel logout was refused; no session was issued."""
+
+    event_type: ClassVar[str] = "oidc.rejected"
+
+    idp: str
+    reason: str  # a code from sekisho.identity.oidc.errors.REASONS
+    source_ip: str
+    user: str = ""  # the account concerned, when known
+
+
+@dataclass(frozen=True, slots=True)
+class BackchannelLogout(AuditEvent):
+    """An identity provider signed a user out (Back-Channel Logout); their sessions ended."""
+
+    event_type: ClassVar[str] = "oidc.backchannel_logout"
+
+    idp: str
+    user: str  # "" when no Sekisho session matched
+    sessions: int  # how many Sekisho sessions (and pending sign-ins) were ended
+    source_ip: str

@@ -72,6 +72,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     passwd.add_argument("--password-stdin", action="store_true")
     passwd.set_defaults(handler=run_passwd)
 
+    reset = _common(commands.add_parser(
+        "reset-factors",
+        help="2 段階目の認証要素とリカバリーコードをすべて削除 / remove every second factor "
+             "and recovery code (lost phone); ends the user's sessions"))
+    reset.add_argument("name")
+    reset.set_defaults(handler=run_reset_factors)
+
 
 def read_password(from_stdin: bool) -> str:
     if from_stdin:
@@ -211,4 +218,31 @@ def run_passwd(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     print(f"{user.username}: パスワードを設定しました / password set")
+    return 0
+
+
+def run_reset_factors(args: argparse.Namespace) -> int:
+    """Lost phone: the user enrols again at the next sign-in (MFA stays required)."""
+    from datetime import UTC, datetime
+
+    from sekisho.audit.events import FactorsReset, SessionRevoked
+    from sekisho.storage import factors, users
+    from sekisho.storage import sessions as session_store
+
+    engine = open_engine(args)
+    try:
+        user = users.require_user(engine, args.name)
+        removed, codes = factors.reset_user(engine, user.id)
+        admin = admin_name()
+        audit_event(engine, FactorsReset(admin=admin, user=user.username, factors=removed,
+                                         recovery_codes=codes))
+        # A session proven with the lost factor may be in a thief's hands: end them all.
+        for session_id in session_store.revoke_user(engine, user.id, datetime.now(UTC),
+                                                    "factors-reset"):
+            audit_event(engine, SessionRevoked(admin=admin, session=session_id[:12],
+                                               user=user.username, reason="factors-reset"))
+    finally:
+        engine.dispose()
+    print(f"{user.username}: 認証要素 {removed} 件とリカバリーコード {codes} 件を削除しました / "
+          f"removed {removed} factor(s) and {codes} recovery code(s)")
     return 0

@@ -13,6 +13,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 from sekisho.config.build import Builder
+from sekisho.config.idps import build_identity_providers, check_route_idps
+from sekisho.config.mfa import build_mfa
 from sekisho.config.model import (
     AssertionSettings,
     AuditSettings,
@@ -92,6 +94,8 @@ def _build(builder: Builder, digest: str) -> Config:
     inline_paths: dict[str, FieldPath] = {}
     routes = build_routes(builder, policies, timeouts, inline_paths)
     compile_all(builder, policies, inline_paths)
+    identity_providers = build_identity_providers(builder)
+    check_route_idps(builder, identity_providers)
     language = data.get("language")
     config = Config(
         source=builder.source,
@@ -105,8 +109,10 @@ def _build(builder: Builder, digest: str) -> Config:
         timeouts=timeouts,
         audit=audit,
         assertion=assertion,
+        mfa=build_mfa(builder),
         policies=MappingProxyType(policies),
         routes=routes,
+        identity_providers=identity_providers,
         default_language="en" if language == "en" else "ja",
         timezone=builder.timezone(),
         digest=digest,

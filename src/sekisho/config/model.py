@@ -118,6 +118,52 @@ class AssertionSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MfaSettings:
+    """When a second factor is demanded (see docs/mfa.md)."""
+
+    # Every sign-in from outside `office_networks` needs a second factor.
+    require_remote: bool = True
+    office_networks: tuple[IPNetwork, ...] = ()
+    # Members of these groups always need a second factor, wherever they are.
+    require_groups: tuple[str, ...] = ("admins",)
+    totp_issuer: str = "Sekisho"
+    # How long the user has between the password and the second factor.
+    flow_lifetime: float = 5 * 60
+    # Enrolling a new factor needs a proof (password or factor) at most this old.
+    enrol_max_age: float = 10 * 60
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityProvider:
+    """An OpenID Connect provider Sekisho trusts for sign-in (see docs/oidc.md)."""
+
+    id: str
+    issuer: str  # exactly as the IdP's discovery document spells it
+    client_id: str
+    client_secret: Secret | None = None  # None: a public client (PKCE only)
+    title: str = ""
+    scopes: tuple[str, ...] = ("openid", "email", "profile")
+    # Which claim carries group names or ids, and how they map onto Sekisho groups.
+    group_claim: str = "groups"
+    group_map: Mapping[str, str] = field(default_factory=dict)
+    groups: tuple[str, ...] = ()  # Sekisho groups every user of this IdP gets
+    email_domains: tuple[str, ...] = ()  # empty: any domain
+    # The claim that says the IdP verified the e-mail (Entra ID: "xms_edov").
+    email_verified_claim: str = "email_verified"
+    jit: bool = False  # create unknown users at their first sign-in
+    require_mfa: bool = False  # the ID token must assert MFA (amr / acr)
+    mfa_amr: tuple[str, ...] = ("mfa", "otp", "hwk")
+    mfa_acr: tuple[str, ...] = ()
+    acr_values: tuple[str, ...] = ()  # requested from the IdP
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "PS256")
+    client_auth: Literal["client_secret_basic", "client_secret_post", "none"] = (
+        "client_secret_basic")
+    # Plain http:// for a 127.0.0.1 / localhost issuer (tests and demos only).
+    allow_insecure_http_for_loopback: bool = False
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     id: str
     host: str  # lower-case, no port
@@ -130,6 +176,7 @@ class Route:
     preserve_host: bool = False
     timeouts: Timeouts | None = None  # None: the global timeouts
     title: str = ""
+    idp: str = ""  # identity provider id: sign-in goes straight there
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +192,11 @@ class Config:
     timeouts: Timeouts = field(default_factory=Timeouts)
     audit: AuditSettings = field(default_factory=AuditSettings)
     assertion: AssertionSettings = field(default_factory=AssertionSettings)
+    mfa: MfaSettings = field(default_factory=MfaSettings)
     # Policy name -> the raw policy document ({"allow": ..., "deny": ...}), compiled by policy/.
     policies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
+    identity_providers: tuple[IdentityProvider, ...] = ()
     default_language: Literal["ja", "en"] = "ja"
     timezone: str = "Asia/Tokyo"
     # sha256 (hex) of the file the snapshot was loaded from, for the ConfigReloaded audit event.

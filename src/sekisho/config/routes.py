@@ -103,6 +103,7 @@ def build_routes(
                 preserve_host=entry.get("preserve_host") is True,
                 timeouts=route_timeouts,
                 title=entry["title"] if isinstance(entry.get("title"), str) else "",
+                idp=entry["idp"] if isinstance(entry.get("idp"), str) else "",
             )
         )
     return tuple(routes)

@@ -19,6 +19,15 @@ class SessionInfo:
     created_at: datetime  # UTC
     expires_at: datetime  # UTC, absolute lifetime
     source_ip: str = ""
+    mfa_time: datetime | None = None  # UTC, last second-factor proof ("totp", "webauthn" …)
+    idp: str = ""  # the identity provider's id when the primary proof was "oidc"
+
+    @property
+    def last_proof(self) -> datetime:
+        """The most recent proof of any kind (primary or second factor)."""
+        if self.mfa_time is not None and self.mfa_time > self.auth_time:
+            return self.mfa_time
+        return self.auth_time
 
     @property
     def short_id(self) -> str:

@@ -77,22 +77,33 @@ class SessionManager:
     # -- issuing --------------------------------------------------------------------------
 
     def create(
-        self, user: UserRecord, methods: Iterable[str], source_ip: str, user_agent: str
+        self, user: UserRecord, methods: Iterable[str], source_ip: str, user_agent: str, *,
+        auth_time: datetime | None = None, mfa_time: datetime | None = None, idp: str = "",
+        expires_at: datetime | None = None,
     ) -> tuple[str, SessionInfo]:
-        """A new session: returns the cookie token (shown once) and the session value."""
+        """A new session: returns the cookie token (shown once) and the session value.
+
+        `auth_time` defaults to now (a fresh primary proof); a step-up passes the old
+        session's `auth_time` and `expires_at`, so rotation never extends a session's life.
+        """
         token = secrets.token_urlsafe(32)
         session_id = session_id_for(token)
         now = self._clock()
+        auth_time = now if auth_time is None else auth_time
         expires = now + timedelta(seconds=self.settings.absolute_lifetime)
+        if expires_at is not None:
+            expires = min(expires, expires_at)
         method_set = frozenset(methods)
         store.create_session(
             self._engine, session_id=session_id, user_id=user.id, now=now, expires_at=expires,
-            auth_time=now, methods=method_set, source_ip=source_ip, user_agent=user_agent)
+            auth_time=auth_time, methods=method_set, source_ip=source_ip,
+            user_agent=user_agent, mfa_time=mfa_time, idp=idp)
         info = SessionInfo(
             session_id=session_id, user_id=user.id, username=user.username,
             display_name=user.display_name, email=user.email,
             groups=frozenset(groups_of_user(self._engine, user.id)), auth_methods=method_set,
-            auth_time=now, created_at=now, expires_at=expires, source_ip=source_ip)
+            auth_time=auth_time, created_at=now, expires_at=expires, source_ip=source_ip,
+            mfa_time=mfa_time, idp=idp)
         return token, info
 
     # -- lookup ---------------------------------------------------------------------------
@@ -142,7 +153,7 @@ class SessionManager:
             display_name=record.display_name, email=record.email, groups=record.groups,
             auth_methods=record.auth_methods, auth_time=record.auth_time,
             created_at=record.created_at, expires_at=record.expires_at,
-            source_ip=record.source_ip)
+            source_ip=record.source_ip, mfa_time=record.mfa_time, idp=record.idp)
         if self._expired(info, record.last_seen_at, now):
             self._evict(session_id)
             return None

@@ -42,6 +42,15 @@ def ip_key(address: str) -> str:
     return "ip:" + address[:64]
 
 
+def mfa_account_key(username: str) -> str:
+    """Second-factor guesses (TOTP, recovery codes) are counted apart from passwords."""
+    return "mfa-" + account_key(username)
+
+
+def mfa_ip_key(address: str) -> str:
+    return "mfa-" + ip_key(address)
+
+
 def decide(state: ThrottleRecord, now: datetime, settings: ThrottleSettings) -> Verdict:
     """May an attempt on this key be checked now? Pure."""
     if state.locked_until is not None and now < state.locked_until:
@@ -75,7 +84,8 @@ def _forgotten(state: ThrottleRecord, now: datetime, settings: ThrottleSettings)
 
 
 def _max_for(key: str, settings: ThrottleSettings) -> int:
-    return settings.ip_max_failures if key.startswith("ip:") else settings.account_max_failures
+    is_ip = key.startswith(("ip:", "mfa-ip:"))
+    return settings.ip_max_failures if is_ip else settings.account_max_failures
 
 
 class Throttle:
@@ -87,8 +97,12 @@ class Throttle:
 
     def check(self, username: str, source_ip: str, settings: ThrottleSettings) -> Verdict:
         """The strictest verdict over the account key and the address key."""
+        return self.check_keys([account_key(username), ip_key(source_ip)], settings)
+
+    def check_keys(self, keys: list[str], settings: ThrottleSettings) -> Verdict:
+        """The strictest verdict over any keys (e.g. the `mfa-` ones)."""
         now = self._clock()
-        states = store.read_states(self._engine, [account_key(username), ip_key(source_ip)])
+        states = store.read_states(self._engine, keys)
         verdicts = [decide(state, now, settings) for state in states.values()]
         refused = [v for v in verdicts if not v.allowed]
         if not refused:
@@ -99,9 +113,15 @@ class Throttle:
         self, username: str, source_ip: str, settings: ThrottleSettings
     ) -> list[AccountLocked]:
         """Count a failure on both keys; returns a lockout event for each key that locked."""
+        return self.record_failure_keys(
+            [account_key(username), ip_key(source_ip)], source_ip, settings)
+
+    def record_failure_keys(
+        self, keys: list[str], source_ip: str, settings: ThrottleSettings
+    ) -> list[AccountLocked]:
         now = self._clock()
         events: list[AccountLocked] = []
-        for key in (account_key(username), ip_key(source_ip)):
+        for key in keys:
             maximum = _max_for(key, settings)
             step = functools.partial(after_failure, now=now, settings=settings,
                                      max_failures=maximum)
@@ -114,6 +134,9 @@ class Throttle:
 
     def reset_account(self, username: str) -> None:
         store.reset(self._engine, account_key(username))
+
+    def reset_key(self, key: str) -> None:
+        store.reset(self._engine, key)
 
     def state(self, key: str) -> ThrottleRecord:
         return store.read_states(self._engine, [key])[key]

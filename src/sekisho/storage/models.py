@@ -84,6 +84,8 @@ class Session(Base):
     user_agent: Mapped[str] = mapped_column(String(512), default="")
     revoked_at: Mapped[datetime | None] = mapped_column(UTC, nullable=True)
     revoked_reason: Mapped[str] = mapped_column(String(128), default="")
+    mfa_time: Mapped[datetime | None] = mapped_column(UTC, nullable=True)  # last 2nd factor
+    idp: Mapped[str] = mapped_column(String(128), default="")  # IdP id for "oidc" sessions
 
 
 class ThrottleState(Base):
@@ -148,3 +150,63 @@ class InstallationSecret(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(256))  # base64url of the random bytes
     created_at: Mapped[datetime] = mapped_column(UTC)
+
+
+class LoginFlow(Base):
+    """A sign-in (or step-up) between the first proof and the second factor (migration 0003).
+
+    Keyed by the SHA-256 of the random `__Host-sekisho-flow` cookie; single use (`consumed_at`)
+    and short-lived (`expires_at`).
+    """
+
+    __tablename__ = "login_flows"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    mode: Mapped[str] = mapped_column(String(16))  # "signin" | "stepup"
+    primary_method: Mapped[str] = mapped_column(String(32))
+    idp: Mapped[str] = mapped_column(String(128), default="")
+    methods: Mapped[str] = mapped_column(String(256), default="")  # comma-separated so far
+    rd: Mapped[str] = mapped_column(Text, default="")
+    session_id: Mapped[str] = mapped_column(String(64), default="")  # step-up: the old session
+    agent_hash: Mapped[str] = mapped_column(String(64), default="")
+    source_ip: Mapped[str] = mapped_column(String(64), default="")
+    auth_time: Mapped[datetime] = mapped_column(UTC)  # the primary proof
+    created_at: Mapped[datetime] = mapped_column(UTC)
+    expires_at: Mapped[datetime] = mapped_column(UTC)
+    consumed_at: Mapped[datetime | None] = mapped_column(UTC, nullable=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Factor(Base):
+    """A second factor of a user (migration 0003). Sekisho's own kind is "totp".
+
+    `secret` holds the AES-GCM-encrypted TOTP key; `last_step` is the last accepted time step
+    (replay store: a code is accepted only if its step is greater, in one UPDATE).
+    """
+
+    __tablename__ = "factors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(128), default="")
+    secret: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[str] = mapped_column(Text, default="{}")  # JSON: algorithm, digits, period
+    confirmed: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_step: Mapped[int | None] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTC)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTC, nullable=True)
+
+
+class RecoveryCode(Base):
+    """A single-use recovery code, stored as HMAC-SHA256 under an installation key (0003)."""
+
+    __tablename__ = "recovery_codes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTC)
+    used_at: Mapped[datetime | None] = mapped_column(UTC, nullable=True)

@@ -39,13 +39,15 @@ class SessionRecord:
     user_agent: str
     revoked_at: datetime | None
     revoked_reason: str
+    mfa_time: datetime | None = None
+    idp: str = ""
 
 
 _COLUMNS = (
     Session.id, Session.user_id, User.username, User.display_name, User.email, User.disabled,
     Session.created_at, Session.last_seen_at, Session.expires_at, Session.auth_time,
     Session.auth_methods, Session.source_ip, Session.user_agent, Session.revoked_at,
-    Session.revoked_reason,
+    Session.revoked_reason, Session.mfa_time, Session.idp,
 )
 
 
@@ -76,13 +78,14 @@ def _record(r: Sequence[Any], groups: set[str]) -> SessionRecord:
         last_seen_at=utc(r[7]), expires_at=utc(r[8]), auth_time=utc(r[9]),
         auth_methods=frozenset(m for m in r[10].split(",") if m), source_ip=r[11],
         user_agent=r[12], revoked_at=None if r[13] is None else utc(r[13]),
-        revoked_reason=r[14],
+        revoked_reason=r[14], mfa_time=None if r[15] is None else utc(r[15]), idp=r[16],
     )
 
 
 def create_session(
     engine: Engine, *, session_id: str, user_id: int, now: datetime, expires_at: datetime,
     auth_time: datetime, methods: Iterable[str], source_ip: str = "", user_agent: str = "",
+    mfa_time: datetime | None = None, idp: str = "",
 ) -> None:
     try:
         with engine.begin() as conn:
@@ -91,6 +94,7 @@ def create_session(
                 expires_at=expires_at, auth_time=auth_time,
                 auth_methods=",".join(sorted(set(methods))), source_ip=source_ip[:64],
                 user_agent=user_agent[:512], revoked_at=None, revoked_reason="",
+                mfa_time=mfa_time, idp=idp[:128],
             ))
     except SQLAlchemyError as exc:
         raise _fail(exc) from None

@@ -143,6 +143,15 @@ def get_user_by_name(engine: Engine, username: str) -> UserRecord | None:
     return None if row is None else _user(row)
 
 
+def get_user_by_id(engine: Engine, user_id: int) -> UserRecord | None:
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(select(*_USER_COLUMNS).where(User.id == user_id)).first()
+    except SQLAlchemyError as exc:
+        raise _storage_error(exc) from None
+    return None if row is None else _user(row)
+
+
 def require_user(engine: Engine, username: str) -> UserRecord:
     user = get_user_by_name(engine, username)
     if user is None:

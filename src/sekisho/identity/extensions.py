@@ -1,0 +1,42 @@
+"""The identity extension surface: what a sign-in method gets, and the list of built-ins.
+
+`build_signin_handlers` builds one `IdentityContext` and calls every builder in `BUILDERS`;
+each returns its handlers keyed by exact path under `/.sekisho/` and may offer a second
+factor on the MFA page with `context.flows.add_choice(...)`. Passkeys (WebAuthn) and OIDC
+federation plug in here exactly as a third-party method would: add one line to `BUILDERS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine
+
+from sekisho.config.model import Config
+from sekisho.identity.flow import SignInFlows
+from sekisho.identity.pages import PageKit
+from sekisho.identity.sessions import SessionManager
+from sekisho.identity.throttle import Throttle
+from sekisho.services import AuditSink
+from sekisho.web import Handler
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityContext:
+    current_config: Callable[[], Config]
+    engine: Engine
+    sessions: SessionManager
+    audit: AuditSink
+    clock: Callable[[], datetime]
+    pages: PageKit  # rendering (ja/en catalogs), CSRF issue/verify, message pages
+    flows: SignInFlows  # after_primary / pending / complete / step_up
+    throttle: Throttle
+
+
+HandlerBuilder = Callable[[IdentityContext], Mapping[str, Handler]]
+
+# Built-in methods beyond the password; each entry is `build_handlers(context)` of a module.
+# The MFA pages (TOTP, recovery codes, step-up) are added by `signin.build_signin_handlers`.
+BUILDERS: tuple[HandlerBuilder, ...] = ()

@@ -1,0 +1,72 @@
+"""The event-loop serialiser of `AuditLog.record` must produce the canonical body exactly.
+
+A body that differed from `canonical_json` by one byte would still hash and verify (the
+stored body is what is hashed) but would break the published format that auditors re-derive
+with the standard library; so every event type and awkward values are compared byte for byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from sekisho.audit import events
+from sekisho.audit.chain import canonical_json, format_time
+from sekisho.audit.events import AccessDecision, AuditEvent
+from sekisho.audit.log import _fast_body, _fields_of, utc_text
+
+AWKWARD = ["", "plain", 'quote " and \\ backslash', "改行\nタブ\t制御\x01\x7f", "🏯 関所",
+           "\u2028\u2029", "</script>", "-1"]
+EVENT_TYPES: list[type[AuditEvent]] = [
+    cls for _, cls in inspect.getmembers(events, inspect.isclass)
+    if issubclass(cls, AuditEvent) and cls is not AuditEvent and getattr(cls, "event_type", "")]
+
+
+def _instance(cls: type[AuditEvent], text: str, number: int) -> AuditEvent:
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        kind = str(field.type)
+        if "tuple" in kind:
+            values[field.name] = (text, "ok", text[::-1])
+        elif "float" in kind:
+            values[field.name] = number / 7
+        elif "int" in kind:
+            values[field.name] = number
+        elif "bool" in kind:
+            values[field.name] = number % 2 == 0
+        else:
+            values[field.name] = text
+    return cls(**values)
+
+
+@pytest.mark.parametrize("cls", EVENT_TYPES, ids=lambda c: c.event_type)
+@pytest.mark.parametrize("text", AWKWARD)
+def test_fast_body_is_the_canonical_body(cls: type[AuditEvent], text: str) -> None:
+    moment = datetime(2024, 4, 1, 9, 30, 5, 123, tzinfo=UTC)
+    for number in (0, -3, 2**70, 1234567):
+        event = _instance(cls, text, number)
+        expected = canonical_json(event.event_type, moment, _fields_of(event))
+        assert _fast_body(event, moment) == expected
+
+
+def test_unusual_values_fall_back_to_the_canonical_encoder() -> None:
+    moment = datetime(2024, 4, 1, tzinfo=UTC)
+    event = AccessDecision(route="r", user="u", decision="allow", reasons=["a", "b"],
+                           source_ip="1.2.3.4", method="GET", path="/", status=True,
+                           bytes_in=0, bytes_out=1, duration_ms=1e-7)
+    assert _fast_body(event, moment) == canonical_json(event.event_type, moment,
+                                                       _fields_of(event))
+    broken = dataclasses.replace(event, duration_ms=float("nan"))
+    with pytest.raises(ValueError):
+        _fast_body(broken, moment)  # NaN is not JSON: refused as canonical_json refuses it
+
+
+def test_utc_text_matches_format_time() -> None:
+    moment = datetime(1999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+    for step in range(2000):
+        moment += timedelta(seconds=37_777, microseconds=step * 101)
+        assert utc_text(moment) == format_time(moment)
