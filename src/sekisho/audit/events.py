@@ -171,7 +171,7 @@ class FactorChanged(AuditEvent):
 
     user: str
     kind: str  # "totp" | "webauthn" | "recovery"
-    action: str  # "enrol" | "remove" | "renew"
+    action: str  # "enrol" | "remove" | "renew" | "rename" (passkeys)
     factor: str = ""  # the factor's id or name
     source_ip: str = ""
     admin: str = ""  # set when an administrator made the change
@@ -214,6 +214,30 @@ class MfaFailed(AuditEvent):
     method: str  # "totp" | "recovery" | "webauthn" …
     reason: str  # "invalid-code" | "throttled" | "flow-ended" | "csrf-invalid" …
     source_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class PasskeySignCountRegressed(AuditEvent):
+    """A passkey's signature counter did not grow (a cloned authenticator?); it was refused."""
+
+    event_type: ClassVar[str] = "webauthn.sign_count_regressed"
+
+    user: str
+    credential: str  # the credential's row id and name
+    stored: int  # the counter Sekisho had recorded
+    received: int  # the counter in the refused assertion
+    source_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class PasskeySignInFailed(AuditEvent):
+    """A sign-in with a passkey alone (passwordless) was refused; no session was issued."""
+
+    event_type: ClassVar[str] = "webauthn.signin_failed"
+
+    reason: str  # "unknown-credential" | "invalid-assertion" | "challenge-invalid" | …
+    source_ip: str
+    user: str = ""  # the account concerned, when the credential is known
 
 
 @dataclass(frozen=True, slots=True)

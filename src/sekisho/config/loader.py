@@ -27,6 +27,7 @@ from sekisho.config.problems import FieldPath, InvalidConfig, Problem
 from sekisho.config.routes import build_routes, compile_all, named_policies
 from sekisho.config.secrets import resolve_secrets
 from sekisho.config.validation import validate
+from sekisho.config.webauthn import build_webauthn
 from sekisho.config.yamlfile import YamlRefused, decode, read_yaml
 
 
@@ -110,6 +111,7 @@ def _build(builder: Builder, digest: str) -> Config:
         audit=audit,
         assertion=assertion,
         mfa=build_mfa(builder),
+        webauthn=build_webauthn(builder),
         policies=MappingProxyType(policies),
         routes=routes,
         identity_providers=identity_providers,

@@ -134,6 +134,18 @@ class MfaSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WebAuthnSettings:
+    """Passkeys and security keys (see docs/passkeys.md)."""
+
+    rp_id: str = ""  # "": the host of the route being visited
+    rp_name: str = "Sekisho"
+    origins: tuple[str, ...] = ()  # (): https://<route host>[:<listen port>] for every route
+    user_verification: Literal["preferred", "required"] = "preferred"
+    require_uv_groups: tuple[str, ...] = ("admins",)
+    passwordless: bool = False  # "sign in with a passkey" (discoverable, always with UV)
+
+
+@dataclass(frozen=True, slots=True)
 class IdentityProvider:
     """An OpenID Connect provider Sekisho trusts for sign-in (see docs/oidc.md)."""
 
@@ -193,6 +205,7 @@ class Config:
     audit: AuditSettings = field(default_factory=AuditSettings)
     assertion: AssertionSettings = field(default_factory=AssertionSettings)
     mfa: MfaSettings = field(default_factory=MfaSettings)
+    webauthn: WebAuthnSettings = field(default_factory=WebAuthnSettings)
     # Policy name -> the raw policy document ({"allow": ..., "deny": ...}), compiled by policy/.
     policies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()

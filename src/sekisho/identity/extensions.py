@@ -39,4 +39,11 @@ HandlerBuilder = Callable[[IdentityContext], Mapping[str, Handler]]
 
 # Built-in methods beyond the password; each entry is `build_handlers(context)` of a module.
 # The MFA pages (TOTP, recovery codes, step-up) are added by `signin.build_signin_handlers`.
-BUILDERS: tuple[HandlerBuilder, ...] = ()
+def _builtin() -> tuple[HandlerBuilder, ...]:
+    # Imported here: the methods import this module for IdentityContext.
+    from sekisho.identity import oidc, passkey_pages
+
+    return (oidc.build_handlers, passkey_pages.build_handlers)
+
+
+BUILDERS: tuple[HandlerBuilder, ...] = _builtin()

@@ -21,7 +21,7 @@ from sekisho.audit.events import SignedOut, SignInFailed
 from sekisho.config.model import Config
 from sekisho.errors import SekishoError
 from sekisho.identity import csrf as csrf_mod
-from sekisho.identity import extensions
+from sekisho.identity import extensions, oidc
 from sekisho.identity.csrf import CsrfProtector
 from sekisho.identity.enrolment import Enrolment
 from sekisho.identity.extensions import HandlerBuilder, IdentityContext
@@ -78,14 +78,19 @@ class _Pages(PageKit):
         signed_in = request.session.username if isinstance(request.session, SessionInfo) else ""
         return self.render(request, "signin.html", TITLE_SIGNIN, status=status, error=error,
                            headers=headers, csrf=token, rd=rd, username=username,
-                           signed_in_as=signed_in)
+                           signed_in_as=signed_in,
+                           idp_buttons=oidc.signin_buttons(self.config(), rd))
 
     # -- handlers ---------------------------------------------------------------------------
 
     async def signin(self, request: Request) -> Response:
         if request.method in ("GET", "HEAD"):
-            rd = request.query_params().get("rd", "")
-            return self.signin_page(request, rd=rd[:4096])
+            rd = request.query_params().get("rd", "")[:4096]
+            # A route that names its IdP (`routes[].idp`) signs in there directly.
+            direct = oidc.direct_signin_location(self.config(), rd)
+            if direct is not None:
+                return Response(303, [("Location", direct), ("Cache-Control", "no-store")])
+            return self.signin_page(request, rd=rd)
         if request.method != "POST":
             return self.message(request, TITLE_ERROR, MSG_METHOD, 405, [("Allow", "GET, POST")])
         config = self.config()
@@ -146,8 +151,11 @@ class _Pages(PageKit):
         session = request.session if isinstance(request.session, SessionInfo) else None
         if request.method in ("GET", "HEAD"):
             token, headers = self.issue_csrf(request)
+            # A federated session signs out at its IdP too (RP-initiated logout).
+            action = oidc.SIGNOUT_PATH if session is not None and session.idp else SIGNOUT
             return self.render(request, "signout.html", TITLE_SIGNOUT, headers=headers,
-                               csrf=token, signed_in_as=session.username if session else "")
+                               csrf=token, signed_in_as=session.username if session else "",
+                               signout_action=action)
         if request.method != "POST":
             return self.message(request, TITLE_ERROR, MSG_METHOD, 405, [("Allow", "GET, POST")])
         if len(request.body) > self.config().limits.max_form_bytes:

@@ -6,7 +6,7 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
-from oidc_stack import Browser, Stack, ensure_oidc_tables
+from oidc_stack import Browser, Stack
 from sqlalchemy import Engine
 
 
@@ -39,5 +39,5 @@ def browser(stack: Stack) -> Iterator[Browser]:
 
 @pytest.fixture
 def oidc_engine(engine: Engine) -> Engine:
-    ensure_oidc_tables(engine)
+    """A migrated database (SQLite and PostgreSQL) with the OIDC tables of migration 0005."""
     return engine

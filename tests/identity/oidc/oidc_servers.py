@@ -68,6 +68,8 @@ class OpenIdProvider:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
         self.log.close()
 
 

@@ -21,7 +21,6 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 from oidc_servers import FakeIdp, OpenIdProvider, client
-from sqlalchemy import Engine, inspect
 
 from sekisho.audit.events import AuditEvent
 from sekisho.config.model import (
@@ -64,12 +63,6 @@ USERS: dict[str, dict[str, Any]] = {
 }
 
 
-def ensure_oidc_tables(engine: Engine) -> None:
-    """Temporary chain: until migration 0005 sits on 0004, create the OIDC tables directly."""
-    if "oidc_sessions" not in inspect(engine).get_table_names():
-        oidc_store.Base.metadata.create_all(engine, tables=[t.__table__ for t in OIDC_TABLES])
-
-
 class MemoryAudit:
     """A real in-memory AuditSink."""
 
@@ -108,7 +101,6 @@ class Stack:
         self.loop = Loop()
         self.engine = create_database_engine(f"sqlite:///{workdir}/oidc.db")
         upgrade(self.engine)
-        ensure_oidc_tables(self.engine)
         self.audit = MemoryAudit()
         self.sessions = SessionManager(self.engine, SessionSettings(cache_ttl=0))
         self.random = secrets.token_urlsafe

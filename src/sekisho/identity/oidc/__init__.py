@@ -16,10 +16,10 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit
 
 from sekisho.config.model import Config, IdentityProvider
-from sekisho.identity.extensions import IdentityContext
 from sekisho.identity.oidc.authrequest import CALLBACK_PATH, Random
 from sekisho.identity.oidc.base import default_http
 from sekisho.identity.oidc.discovery import ProviderCache
@@ -27,6 +27,9 @@ from sekisho.identity.oidc.http import IdpHttp
 from sekisho.identity.oidc.logout import SIGNED_OUT_PATH, SIGNOUT_PATH, Logout
 from sekisho.identity.oidc.signin import FederatedSignIn
 from sekisho.web import Handler
+
+if TYPE_CHECKING:  # extensions.BUILDERS lists this package: no import cycle at run time
+    from sekisho.identity.extensions import IdentityContext
 
 START_PATH = "/.sekisho/oidc/start"
 BACKCHANNEL_PATH = "/.sekisho/oidc/backchannel-logout"

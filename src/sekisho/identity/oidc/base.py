@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sekisho.audit.events import OidcRejected
 from sekisho.config.model import Config, IdentityProvider
 from sekisho.errors import SekishoError
-from sekisho.identity.extensions import IdentityContext
 from sekisho.identity.oidc.authrequest import Random
 from sekisho.identity.oidc.discovery import ProviderCache
 from sekisho.identity.oidc.errors import OidcError
@@ -21,6 +21,9 @@ from sekisho.identity.oidc.http import IdpHttp
 from sekisho.identity.pages import MSG_UNAVAILABLE, N_, TITLE_ERROR
 from sekisho.observability import metrics
 from sekisho.web import Request, Response
+
+if TYPE_CHECKING:  # extensions.BUILDERS lists this package: no import cycle at run time
+    from sekisho.identity.extensions import IdentityContext
 
 BROWSER_COOKIE = "__Host-sekisho-oidc"
 

@@ -131,11 +131,13 @@ class FederatedSignIn(FederationBase):
         verified = await validate_id_token(
             tokens.id_token, issuer=idp.issuer, client_id=idp.client_id, nonce=record.nonce,
             algorithms=idp.algorithms, key_for=key_for, now=now)
-        exp = float(verified.claims.get("exp", 0))
+        # Remember the nonce while its token is valid (bounded: a far-future exp is no
+        # reason to keep a row forever).
+        remaining = float(verified.claims["exp"]) - now.timestamp()
+        keep = timedelta(seconds=min(max(remaining, 0.0), 86400.0) + CLOCK_SKEW)
         fresh = await asyncio.to_thread(
             store.use_once, self.engine, "nonce", f"{idp.id}:{record.nonce}", now=now,
-            expires_at=max(now, now.fromtimestamp(exp, now.tzinfo))
-            + timedelta(seconds=CLOCK_SKEW))
+            expires_at=now + keep)
         if not fresh:
             raise OidcError("nonce-replay")
         mapped = claims_mod.map_claims(idp, verified)
