@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -14,6 +15,16 @@ MakeFacts = Callable[..., Facts]
 # (criterion, argument, fact overrides, expected match)
 CASES: list[tuple[str, Any, dict[str, Any], bool]] = [
     ("always", True, {}, True),
+    ("mfa", True, {"auth_methods": frozenset({"pwd", "totp"})}, True),
+    ("mfa", True, {"auth_methods": frozenset({"pwd"})}, False),
+    ("mfa", "webauthn_uv", {"auth_methods": frozenset({"pwd", "webauthn"})}, False),
+    ("mfa", True, {"authenticated": False, "auth_methods": frozenset({"totp"})}, False),
+    ("auth_age", "15m", {"auth_time": datetime(2025, 4, 1, 0, 20, tzinfo=UTC)}, True),
+    ("auth_age", "15m", {"auth_time": datetime(2025, 4, 1, 0, 10, tzinfo=UTC)}, False),
+    ("auth_age", 60, {}, False),  # no proof time known
+    ("idp", "entra", {"idp": "entra"}, True),
+    ("idp", "local", {}, True),
+    ("idp", "entra", {"authenticated": False, "idp": "entra"}, False),
     ("always", True, {"authenticated": False, "user": None}, True),
     ("never", True, {}, False),
     ("authenticated", True, {}, True),

@@ -162,7 +162,7 @@ def test_unknown_criterion_lists_the_known_ones() -> None:
     with pytest.raises(PolicyError) as caught:
         compile_policy("p", _allow({"gruop": "staff"}))
     assert caught.value.message.startswith(
-        "unknown criterion 'gruop' (expected one of: always, authenticated, email, "
+        "unknown criterion 'gruop' (expected one of: always, auth_age, authenticated, email, "
     )
 
 

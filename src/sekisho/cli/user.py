@@ -74,8 +74,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     reset = _common(commands.add_parser(
         "reset-factors",
-        help="2 段階目の認証要素とリカバリーコードをすべて削除 / remove every second factor "
-             "and recovery code (lost phone); ends the user's sessions"))
+        help="2 段階目の認証要素（TOTP・パスキー）とリカバリーコードをすべて削除 / remove every "
+             "second factor (TOTP, passkeys) and recovery code (lost phone); ends the user's "
+             "sessions"))
     reset.add_argument("name")
     reset.set_defaults(handler=run_reset_factors)
 
@@ -228,11 +229,13 @@ def run_reset_factors(args: argparse.Namespace) -> int:
     from sekisho.audit.events import FactorsReset, SessionRevoked
     from sekisho.storage import factors, users
     from sekisho.storage import sessions as session_store
+    from sekisho.storage import webauthn
 
     engine = open_engine(args)
     try:
         user = users.require_user(engine, args.name)
         removed, codes = factors.reset_user(engine, user.id)
+        removed += webauthn.remove_user_credentials(engine, user.id)  # passkeys too
         admin = admin_name()
         audit_event(engine, FactorsReset(admin=admin, user=user.username, factors=removed,
                                          recovery_codes=codes))

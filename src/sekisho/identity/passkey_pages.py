@@ -18,8 +18,10 @@ import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from sekisho.audit.events import MfaFailed, PasskeySignCountRegressed, PasskeySignInFailed
+from sekisho.config.model import Config
 from sekisho.errors import SekishoError
 from sekisho.identity import csrf as csrf_mod
 from sekisho.identity.extensions import IdentityContext
@@ -292,3 +294,10 @@ def build_handlers(context: IdentityContext) -> Mapping[str, Handler]:
     return {VERIFY_PATH: signin.safe(signin.verify),
             PASSWORDLESS_PATH: signin.safe(signin.passwordless),
             SCRIPT: signin.script, **manage.handlers()}
+
+
+def signin_link(config: Config, rd: str = "") -> str:
+    """The sign-in page's "sign in with a passkey" link, or "" when passwordless is off."""
+    if not config.webauthn.passwordless:
+        return ""
+    return PASSWORDLESS_PATH + ("?" + urlencode({"rd": rd}) if rd else "")

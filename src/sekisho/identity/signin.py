@@ -21,7 +21,7 @@ from sekisho.audit.events import SignedOut, SignInFailed
 from sekisho.config.model import Config
 from sekisho.errors import SekishoError
 from sekisho.identity import csrf as csrf_mod
-from sekisho.identity import extensions, oidc
+from sekisho.identity import extensions, oidc, passkey_pages
 from sekisho.identity.csrf import CsrfProtector
 from sekisho.identity.enrolment import Enrolment
 from sekisho.identity.extensions import HandlerBuilder, IdentityContext
@@ -79,7 +79,8 @@ class _Pages(PageKit):
         return self.render(request, "signin.html", TITLE_SIGNIN, status=status, error=error,
                            headers=headers, csrf=token, rd=rd, username=username,
                            signed_in_as=signed_in,
-                           idp_buttons=oidc.signin_buttons(self.config(), rd))
+                           idp_buttons=oidc.signin_buttons(self.config(), rd),
+                           passkey_url=passkey_pages.signin_link(self.config(), rd))
 
     # -- handlers ---------------------------------------------------------------------------
 

@@ -27,8 +27,9 @@ class Facts:
     route: str  # route id
     segment: str  # "internet" | "lgwan" | "mynumber"
     now: datetime  # UTC aware
-    auth_methods: frozenset[str] = frozenset()
-    auth_time: datetime | None = None
+    auth_methods: frozenset[str] = frozenset()  # "pwd", "totp", "webauthn_uv" …
+    auth_time: datetime | None = None  # the last proof: sign-in or second factor (UTC)
+    idp: str = ""  # identity provider id; "" for Sekisho's own accounts
 
 
 @dataclass(frozen=True, slots=True)

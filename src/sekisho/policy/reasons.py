@@ -56,6 +56,38 @@ REASONS: Mapping[str, tuple[str, str]] = MappingProxyType(
             "このパスへのアクセスは許可されていません",
             "Access to this path is not permitted",
         ),
+        "mfa-satisfied": (
+            "2 段階目の認証が済んでいます",
+            "A second factor has been proven",
+        ),
+        "mfa-required": (
+            "このアプリには 2 段階目の認証 (TOTP やパスキー) が必要です",
+            "This app needs a second factor (TOTP or a passkey)",
+        ),
+        "auth-fresh": (
+            "最近本人確認が済んでいます",
+            "Identity was proven recently",
+        ),
+        "auth-too-old": (
+            "最後の本人確認から時間が経っています。もう一度本人確認してください",
+            "Identity was proven too long ago; prove it again",
+        ),
+        "idp-authorized": (
+            "サインインに使った IdP が許可されています",
+            "The identity provider used to sign in is permitted",
+        ),
+        "idp-unauthorized": (
+            "サインインに使った IdP はこのアプリに許可されていません",
+            "The identity provider used to sign in is not permitted for this app",
+        ),
+        "storage-unavailable": (
+            "認証情報を確認できないため拒否しました (データベースに接続できません)",
+            "Denied because the session could not be checked (storage unavailable)",
+        ),
+        "audit-unavailable": (
+            "監査ログに記録できないため拒否しました",
+            "Denied because the audit log cannot record the request",
+        ),
         "always": (
             "ポリシーはすべてのリクエストに一致します",
             "The policy matches every request",

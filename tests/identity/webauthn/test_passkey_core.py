@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -218,3 +221,15 @@ def test_config_section(tmp_path: Path):
     path.write_text(TLS + "webauthn:\n  rp_id: app.city.lg.jp\n  origins: ['http://app.city.lg.jp']\n", encoding="utf-8")
     with pytest.raises(InvalidConfig):
         load_config(path)
+
+
+def test_reset_factors_removes_passkeys(database_url, engine):
+    passkeys = Passkeys(engine, b"k" * 32, lambda: datetime.now(UTC))
+    alice = users.create_user(engine, "alice").id
+    _register(passkeys, alice)
+    _register(passkeys, alice)
+    done = subprocess.run(
+        [sys.executable, "-m", "sekisho", "user", "reset-factors", "alice", "--database-url",
+         database_url], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "2" in done.stdout and not store.list_credentials(engine, alice)

@@ -12,12 +12,15 @@ from types import MappingProxyType
 
 from sekisho.policy.criteria import (
     always,
+    auth_age,
     authenticated,
     email,
     email_domain,
     group,
     http_method,
     http_path,
+    idp,
+    mfa,
     never,
     source_ip,
     user,
@@ -30,12 +33,15 @@ CRITERIA: Mapping[str, Criterion] = MappingProxyType(
         for module in sorted(
             (
                 always,
+                auth_age,
                 authenticated,
                 email,
                 email_domain,
                 group,
                 http_method,
                 http_path,
+                idp,
+                mfa,
                 never,
                 source_ip,
                 user,
