@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("bench_pdp", "bench_audit", "bench_proxy")
+BENCHES = ("bench_pdp", "bench_audit", "bench_mfa", "bench_webauthn", "bench_proxy")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -227,9 +227,8 @@ def run_reset_factors(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from sekisho.audit.events import FactorsReset, SessionRevoked
-    from sekisho.storage import factors, users
+    from sekisho.storage import factors, users, webauthn
     from sekisho.storage import sessions as session_store
-    from sekisho.storage import webauthn
 
     engine = open_engine(args)
     try:

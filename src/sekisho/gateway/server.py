@@ -404,13 +404,13 @@ class Gateway:
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
                 session=session.short_id if session else "",
             ))
-        except Exception:
+        except Exception as exc:
             self.audit_failures += 1
             now = time.monotonic()
             if now - self._audit_warned_at > 1.0:  # one line a second, not one per request
                 self._audit_warned_at = now
-                log.warning("access decisions could not be audited (%d so far)",
-                            self.audit_failures)
+                log.warning("access decisions could not be audited (%d so far): %s",
+                            self.audit_failures, exc)
         key = (route.id, status)
         counter = self._requests.get(key)
         if counter is None:

@@ -19,7 +19,7 @@ import hmac
 import json
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -199,16 +199,34 @@ class Passkeys:
     def verify_assertion(self, rp: RelyingParty, *, credential_json: str, purpose: str,
                          binding: str, uv_required: bool,
                          user_id: int | None = None) -> Outcome:
-        """Check an assertion; `user_id` is the expected user (None: passwordless)."""
+        """Check an assertion; `user_id` is the expected user (None: passwordless).
+
+        The challenge is consumed together with the counter update (one transaction); a
+        refused answer discards it, so each challenge is tried at most once.
+        """
         if len(credential_json) > MAX_CREDENTIAL_JSON:
             return Outcome("malformed")
         try:
             credential = parse_authentication_credential_json(_object(credential_json))
-            taken = self._take(credential.response.client_data_json, purpose, binding)
+            challenge = parse_client_data_json(credential.response.client_data_json).challenge
         except _ERRORS:
             return Outcome("malformed")
-        if taken is None or taken[1] != user_id:
+        challenge_id = hashlib.sha256(challenge).hexdigest()
+        live, owner = store.peek_challenge(self._engine, challenge_id=challenge_id,
+                                           purpose=purpose, binding=binding, now=self._clock())
+        if not live or owner != user_id:
             return Outcome("challenge-invalid")
+        outcome = self._check(rp, credential, challenge, uv_required, user_id)
+        if not outcome.ok or outcome.credential is None:
+            store.discard_challenge(self._engine, challenge_id)
+            return outcome
+        reason = store.finish_assertion(
+            self._engine, challenge_id=challenge_id, purpose=purpose, binding=binding,
+            now=self._clock(), row_id=outcome.credential.id, new_count=outcome.received_count)
+        return replace(outcome, reason=reason)
+
+    def _check(self, rp: RelyingParty, credential: Any, challenge: bytes, uv_required: bool,
+               user_id: int | None) -> Outcome:
         record = store.find_credential(self._engine, bytes_to_base64url(credential.raw_id))
         if record is None:
             return Outcome("unknown-credential")
@@ -219,18 +237,14 @@ class Passkeys:
                 handle and not hmac.compare_digest(handle, self.user_handle(record.user_id))):
             return Outcome("invalid-assertion", record)
         try:
-            # The counter is checked below, atomically, so that a regression is told apart.
+            # The counter is checked in storage, atomically, so a regression is told apart.
             verified = webauthn.verify_authentication_response(
-                credential=credential, expected_challenge=taken[0], expected_rp_id=rp.id,
+                credential=credential, expected_challenge=challenge, expected_rp_id=rp.id,
                 expected_origin=list(rp.origins),
                 credential_public_key=webauthn.base64url_to_bytes(record.public_key),
                 credential_current_sign_count=0, require_user_verification=uv_required)
         except _ERRORS:
             return Outcome("invalid-assertion", record)
-        if not store.advance_sign_count(self._engine, record.id, verified.new_sign_count,
-                                        self._clock()):
-            return Outcome("sign-count", record, verified.user_verified,
-                           verified.new_sign_count)
         return Outcome("", record, verified.user_verified, verified.new_sign_count)
 
 

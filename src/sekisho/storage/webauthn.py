@@ -2,12 +2,13 @@
 
 Two atomic checks live here, in the database rather than in a process, so that several
 gateway workers agree:
-- `take_challenge`: a challenge is deleted by one conditional DELETE that matches its
-  purpose, its browser binding and its expiry; only the request whose DELETE removed the
-  row may verify against it (replay of an assertion, or a challenge carried to another
-  browser, finds nothing).
-- `advance_sign_count`: the signature counter moves only forwards, by one conditional
-  UPDATE; a counter that did not grow (a cloned authenticator) updates no row.
+- `take_challenge` / `finish_assertion`: a challenge is deleted by one conditional DELETE
+  that matches its purpose, its browser binding and its expiry; only the request whose
+  DELETE removed the row succeeds (replay of an assertion, or a challenge carried to
+  another browser, finds nothing).
+- `finish_assertion`: the signature counter moves only forwards, by
+  one conditional UPDATE; a counter that did not grow (a cloned authenticator) updates no
+  row. It consumes the challenge in the same transaction (one commit per sign-in).
 Credential ids and public keys are stored as base64url text; they are not secrets.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -177,18 +179,53 @@ def remove_user_credentials(engine: Engine, user_id: int) -> int:
         raise _fail(exc) from None
 
 
-def advance_sign_count(engine: Engine, row_id: int, new_count: int, now: datetime) -> bool:
-    """Record a use. False when the counter did not grow (possible clone: refuse the use).
-
-    Counters of 0 on both sides mean the authenticator keeps none (many synced passkeys).
-    """
+def _advance(row_id: int, new_count: int, now: datetime) -> Any:
+    # Counters of 0 on both sides mean the authenticator keeps none (many synced passkeys).
     condition = (WebAuthnCredential.sign_count == 0) if new_count == 0 else (
         WebAuthnCredential.sign_count < new_count)
+    return update(WebAuthnCredential).where(WebAuthnCredential.id == row_id, condition).values(
+        sign_count=new_count, last_used_at=now)
+
+
+def _live(challenge_id: str, purpose: str, binding: str, now: datetime) -> tuple[Any, ...]:
+    table = WebAuthnChallenge
+    return (table.id == challenge_id, table.purpose == purpose, table.binding == binding,
+            table.expires_at > now)
+
+
+def peek_challenge(engine: Engine, *, challenge_id: str, purpose: str, binding: str,
+                   now: datetime) -> tuple[bool, int | None]:
+    """(live, user id) without consuming it; `finish_assertion` consumes."""
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(select(WebAuthnChallenge.user_id).where(
+                *_live(challenge_id, purpose, binding, now))).first()
+    except SQLAlchemyError as exc:
+        raise _fail(exc) from None
+    return (row is not None, None if row is None else row[0])
+
+
+def discard_challenge(engine: Engine, challenge_id: str) -> None:
     try:
         with engine.begin() as conn:
-            return conn.execute(update(WebAuthnCredential).where(
-                WebAuthnCredential.id == row_id, condition,
-            ).values(sign_count=new_count, last_used_at=now)).rowcount == 1
+            conn.execute(delete(WebAuthnChallenge).where(WebAuthnChallenge.id == challenge_id))
+    except SQLAlchemyError as exc:
+        raise _fail(exc) from None
+
+
+def finish_assertion(engine: Engine, *, challenge_id: str, purpose: str, binding: str,
+                     now: datetime, row_id: int, new_count: int) -> str:
+    """Consume the challenge and move the counter, atomically: "" | "challenge-invalid" |
+    "sign-count" (the challenge is then consumed, the counter untouched)."""
+    try:
+        with engine.begin() as conn:
+            taken = conn.execute(delete(WebAuthnChallenge).where(
+                *_live(challenge_id, purpose, binding, now))).rowcount == 1
+            if not taken:
+                return "challenge-invalid"
+            if conn.execute(_advance(row_id, new_count, now)).rowcount != 1:
+                return "sign-count"
+            return ""
     except SQLAlchemyError as exc:
         raise _fail(exc) from None
 
@@ -210,8 +247,7 @@ def take_challenge(engine: Engine, *, challenge_id: str, purpose: str, binding: 
                    now: datetime) -> tuple[bool, int | None]:
     """(taken, user id): True only for the one request whose DELETE removed the live row."""
     table = WebAuthnChallenge
-    match = (table.id == challenge_id, table.purpose == purpose, table.binding == binding,
-             table.expires_at > now)
+    match = _live(challenge_id, purpose, binding, now)
     try:
         with engine.begin() as conn:
             user_id = conn.execute(select(table.user_id).where(*match)).scalar_one_or_none()

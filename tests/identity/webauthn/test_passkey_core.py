@@ -218,7 +218,8 @@ def test_config_section(tmp_path: Path):
     with pytest.raises(InvalidConfig) as refused:
         load_config(path)
     assert "rp_id" in str(refused.value)
-    path.write_text(TLS + "webauthn:\n  rp_id: app.city.lg.jp\n  origins: ['http://app.city.lg.jp']\n", encoding="utf-8")
+    path.write_text(TLS + "webauthn:\n  rp_id: app.city.lg.jp\n"
+                    "  origins: ['http://app.city.lg.jp']\n", encoding="utf-8")
     with pytest.raises(InvalidConfig):
         load_config(path)
 

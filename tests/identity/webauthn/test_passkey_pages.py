@@ -85,7 +85,7 @@ def test_register_list_and_audit(app, audit):
 
 
 def test_enrolment_needs_a_recent_proof(app, clock):
-    browser, key = _enrolled(app)
+    browser, _ = _enrolled(app)
     clock.advance(11 * 60)
     page = browser.request("GET", MANAGE)
     assert "data-options" not in page.body.decode() and "/.sekisho/stepup" in page.body.decode()
