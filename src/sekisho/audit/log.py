@@ -165,7 +165,7 @@ class AuditLog:
         flush_interval: float = 0.2,
         batch_max: int = 1000,
         queue_max: int = 100_000,
-        max_lag: float = 0.4,
+        max_lag: float = 0.7,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._engine = engine

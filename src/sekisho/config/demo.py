@@ -25,6 +25,7 @@ KNOWN_APPS: dict[str, tuple[str, str, str, bool]] = {
     "wiki": ("庁内Wiki / Intranet wiki", "internet", "staff", True),
     "docs": ("文書管理（デモ）/ Document management (demo)", "lgwan", "staff", False),
     "admin-tools": ("管理ツール / Admin tools", "internet", "admins", False),
+    "juki": ("住民記録（デモ）/ Resident records (demo)", "mynumber", "mynumber-staff", False),
 }
 
 
@@ -79,6 +80,30 @@ def demo_text(
         "      and:",
         "        - authenticated: true",
         "        - group: [admins]",
+        "  # マイナンバー利用事務系: 2 段階目の認証から 15 分以内 (古ければステップアップ)。",
+        "  # 本番では mfa: [webauthn_uv] (ユーザー検証つきパスキー) を推奨。",
+        "  # mynumber segment: a second factor within 15 minutes, else step up; production:",
+        "  # mfa: [webauthn_uv] (a passkey with user verification).",
+        "  mynumber-staff:",
+        "    allow:",
+        "      and:",
+        "        - group: [staff]",
+        "        - mfa: true",
+        "        - auth_age: 15m",
+        "webauthn:",
+        "  passwordless: true",
+        "# OIDC の例 (Entra ID)。使うときはコメントを外し、値を設定してください。",
+        "# An OIDC example (Entra ID): uncomment and fill in to sign in with the city's IdP.",
+        "# identity_providers:",
+        "#   - id: entra",
+        "#     title: 庁内アカウント (Microsoft Entra ID)",
+        "#     issuer: https://login.microsoftonline.com/<tenant-id>/v2.0",
+        "#     client_id: <application-id>",
+        "#     client_secret: env:SEKISHO_ENTRA_SECRET",
+        "#     group_claim: groups",
+        "#     email_domains: [city.example.jp]",
+        "#     jit: true",
+        "#     require_mfa: true",
         "routes:" if upstream_ports else "routes: []",
     ]
     for route_id, port in upstream_ports.items():

@@ -61,9 +61,7 @@ class Enrolment:
         session = request.session if isinstance(request.session, SessionInfo) else None
         if session is None:
             return redirect(SIGNIN_PATH + "?" + urlencode({"rd": TOTP_ENROL_PATH}))
-        choices = await asyncio.to_thread(self.ctx.flows.enrolled_choices, session.user_id)
-        proof = session.mfa_time if choices else session.last_proof
-        if proof is None or now - proof > max_age:
+        if not await self.ctx.flows.may_change_factors(session):
             # Too old: prove an existing factor (or sign in again) before adding one.
             return redirect(STEPUP_PATH + "?" + urlencode({"rd": TOTP_ENROL_PATH}))
         return session.user_id, session.username, None

@@ -137,6 +137,17 @@ class SignInFlows:
         """Synchronous: the factors this user has (call from a thread)."""
         return [c for c in self.choices if c.enrolled(self.engine, user_id)]
 
+    async def may_change_factors(self, session: SessionInfo) -> bool:
+        """Adding or removing a factor needs a recent proof — of an existing factor, if any.
+
+        Adding a factor is an account takeover's favourite persistence step; an old or
+        password-only session must step up first (`mfa.enrol_max_age`).
+        """
+        choices = await asyncio.to_thread(self.enrolled_choices, session.user_id)
+        proof = session.mfa_time if choices else session.last_proof
+        max_age = self.config().mfa.enrol_max_age
+        return proof is not None and (self.clock() - proof).total_seconds() <= max_age
+
     # -- decisions --------------------------------------------------------------------------
 
     async def after_primary(self, request: Request, proof: PrimaryProof, rd: str) -> Response:

@@ -48,11 +48,7 @@ class PasskeyManagement(PasskeyBase):
         return request.session if isinstance(request.session, SessionInfo) else None
 
     async def _recent(self, session: SessionInfo) -> bool:
-        """The TOTP enrolment rule (`identity.enrolment`): a recent enough proof."""
-        choices = await asyncio.to_thread(self.ctx.flows.enrolled_choices, session.user_id)
-        proof = session.mfa_time if choices else session.last_proof
-        max_age = self.ctx.current_config().mfa.enrol_max_age
-        return proof is not None and (self.ctx.clock() - proof).total_seconds() <= max_age
+        return await self.ctx.flows.may_change_factors(session)
 
     @staticmethod
     def _stepup_url() -> str:
