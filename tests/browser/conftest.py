@@ -66,7 +66,9 @@ def chromium() -> Iterator[Browser]:
 
 @pytest.fixture
 def context(chromium: Browser) -> Iterator[BrowserContext]:
-    context = chromium.new_context(ignore_https_errors=True, locale="en-US",
+    # Japanese first, as the staff of a city hall see it (fonts-noto-cjk renders the text).
+    context = chromium.new_context(ignore_https_errors=True, locale="ja-JP",
+                                   extra_http_headers={"Accept-Language": "ja"},
                                    viewport={"width": 760, "height": 820})
     context.set_default_timeout(10_000)
     try:

@@ -83,6 +83,24 @@ def test_totp_enrolment_and_sign_in(gateway: Gateway, page: Page) -> None:
         page.click("form[action='/.sekisho/mfa/totp'] button")
     _on_app(page, gateway, "/")
 
+    # My security page: in Japanese; the only factor of a required user cannot be removed,
+    # and renewed recovery codes are shown once.
+    page.goto(gateway.url("/.sekisho/security"))
+    page.wait_for_selector("#codes-left")
+    assert page.locator("html").get_attribute("lang") == "ja"
+    assert "セキュリティ設定" in page.inner_text("h1")
+    assert page.locator("#last-factor").count() == 1
+    assert page.locator("#remove-totp").count() == 0
+    shot(page, "security", doc="security")
+    with page.expect_navigation():
+        page.click("#renew-codes")
+    page.wait_for_selector("ol.codes")
+    assert page.locator("ol.codes li").count() == 10
+    with page.expect_navigation():
+        page.click("a.button")
+    page.wait_for_selector("#codes-left")
+    assert "10" in page.inner_text("#codes-left")
+
 
 def test_passkey_registration_second_factor_passwordless_and_step_up(
         gateway: Gateway, context: BrowserContext, page: Page) -> None:

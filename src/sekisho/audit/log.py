@@ -156,6 +156,7 @@ class AuditLog:
     retry_initial = 0.05  # seconds; doubles per failed attempt
     retry_max = 1.0
     transaction_max = 2_000  # events per transaction: short commits keep lock and loss window small
+    backlog_seconds = 0.4  # refuse when more wait than the writer commits in this time
 
     def __init__(
         self,
@@ -165,7 +166,7 @@ class AuditLog:
         flush_interval: float = 0.2,
         batch_max: int = 1000,
         queue_max: int = 100_000,
-        max_lag: float = 0.7,
+        max_lag: float = 0.6,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._engine = engine
@@ -187,11 +188,12 @@ class AuditLog:
         self._held: list[_Item] | None = None  # a batch whose commit failed, retried as is
         self._inflight_since: float | None = None
         self._lock_fd: int | None = None
-        # Refuse new events while more are waiting than the writer commits in `max_lag` (at
-        # its measured rate): `record()` is far cheaper than a commit, so without this a
-        # producer could queue more than the writer can commit inside the loss window.
+        # Refuse new events while more are waiting than the writer commits in
+        # `backlog_seconds` (at its measured rate): `record()` is far cheaper than a commit,
+        # so without this a producer could queue more than fits in the loss window.
         self._rate = 20_000.0  # events/s, measured per drained batch (moving average)
-        self._backlog_max = max(batch_max, self.transaction_max, int(self._rate * max_lag))
+        self._backlog_max = max(batch_max, self.transaction_max,
+                                int(self._rate * self.backlog_seconds))
         self.committed = 0
         self.failures = 0
 
@@ -436,7 +438,7 @@ class AuditLog:
             return  # a small batch is mostly fixed commit cost: no measure of throughput
         self._rate = 0.7 * self._rate + 0.3 * (count / seconds)
         self._backlog_max = max(self._batch_max, self.transaction_max,
-                                int(self._rate * self._max_lag))
+                                int(self._rate * self.backlog_seconds))
 
     def _fail(self, batch: list[_Item], exc: Exception, attempt: int) -> None:
         self.failures += 1

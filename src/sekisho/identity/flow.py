@@ -8,7 +8,10 @@ bound to the browser by the random `__Host-sekisho-flow` cookie (only its SHA-25
 and by the User-Agent; it lives `mfa.flow_lifetime` seconds, allows `FLOW_MAX_FAILURES` wrong
 codes, and is consumed by one conditional UPDATE, so a finished flow cannot be replayed and
 two workers cannot both complete it. A required user with no factor at all is sent to enrol
-TOTP inside the flow (first-use enrolment), never let in with the password alone.
+TOTP inside the flow (first-use enrolment), never let in with the password alone; so is a
+primary proof that itself demands a second factor (`require_second_factor`: an IdP that must
+assert MFA and did not). When a flow becomes a session, `on_session_issued` callbacks learn
+exactly which (OIDC uses it so that a back-channel logout ends that session and no other).
 
 Every session issued here is new (session fixation: the session the browser brought is
 revoked), and a step-up also replaces the session id, keeping the old absolute expiry.
@@ -21,7 +24,7 @@ import hashlib
 import ipaddress
 import re
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -51,6 +54,9 @@ SECOND_FACTORS = frozenset({"totp", "recovery", "webauthn", "webauthn_uv", "idp_
 PRIMARY_SATISFIES = frozenset({"idp_mfa", "webauthn_uv"})
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 
+SessionIssued = Callable[[str, str], Awaitable[None]]
+"""A `SignInFlows.on_session_issued` callback: (flow id, new session id)."""
+
 
 @dataclass(frozen=True, slots=True)
 class PrimaryProof:
@@ -59,6 +65,9 @@ class PrimaryProof:
     idp: str = ""  # IdP id for "oidc"
     extra_methods: tuple[str, ...] = ()  # e.g. ("idp_mfa",) or ("webauthn_uv",)
     groups_from_idp: tuple[str, ...] = ()  # informational
+    # The method itself demands a second factor (an IdP that must assert MFA did not): the
+    # flow then treats the sign-in like a required one (enrol TOTP first if there is none).
+    require_second_factor: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +123,12 @@ def mfa_required(settings: MfaSettings, source_ip: str, groups: Iterable[str]) -
     return bool(set(groups) & set(settings.require_groups))
 
 
+def mfa_mandatory(settings: MfaSettings, groups: Iterable[str]) -> bool:
+    """Must this user keep a second factor? Yes if any sign-in of theirs can require one:
+    from outside the office (`require_remote`) or by group (`require_groups`). Pure."""
+    return settings.require_remote or bool(set(groups) & set(settings.require_groups))
+
+
 def agent_hash(request: Request) -> str:
     return hashlib.sha256((request.header("user-agent") or "").encode()).hexdigest()
 
@@ -128,6 +143,9 @@ class SignInFlows:
         self.config, self.clock = current_config, clock
         self.pages = pages
         self.choices: list[FactorChoice] = []
+        # Called when a pending sign-in flow becomes a session, so a method can link exactly
+        # that session to what it knows about the flow (OIDC: the IdP session for logout).
+        self.on_session_issued: list[SessionIssued] = []
 
     def add_choice(self, choice: FactorChoice) -> None:
         """Offer another second factor (the extension point for passkeys and others)."""
@@ -159,7 +177,8 @@ class SignInFlows:
         satisfied = bool(set(methods) & PRIMARY_SATISFIES)
         enrolled = await asyncio.to_thread(self.enrolled_choices, proof.user.id)
         groups = await asyncio.to_thread(groups_of_user, self.engine, proof.user.id)
-        required = bool(enrolled) or mfa_required(config.mfa, request.client_ip, groups)
+        required = (bool(enrolled) or proof.require_second_factor
+                    or mfa_required(config.mfa, request.client_ip, groups))
         now = self.clock()
         if satisfied or not required:
             return await self._issue(
@@ -241,9 +260,19 @@ class SignInFlows:
                 raise FlowEnded("step-up flow without its session")
             response = await self.step_up(request, session, method, flow.rd)
         else:
+            issued: list[SessionInfo] = []
             response = await self._issue(
                 request, flow.user, with_implied((*flow.methods_so_far, method)),
-                auth_time=flow.auth_time, mfa_time=self.clock(), idp=flow.idp, rd=flow.rd)
+                auth_time=flow.auth_time, mfa_time=self.clock(), idp=flow.idp, rd=flow.rd,
+                issued=issued)
+            try:
+                for callback in self.on_session_issued:
+                    await callback(flow.id, issued[0].session_id)
+            except Exception:
+                # A session whose link could not be recorded could outlive an IdP logout.
+                await asyncio.to_thread(self.sessions.revoke_id, issued[0].session_id,
+                                        "link-failed")
+                raise
         response.headers.append(clear)
         return response
 
@@ -266,7 +295,8 @@ class SignInFlows:
     async def _issue(self, request: Request, user: UserRecord, methods: tuple[str, ...], *,
                      auth_time: datetime, mfa_time: datetime | None, idp: str, rd: str,
                      expires_at: datetime | None = None, step_up_of: SessionInfo | None = None,
-                     step_up_method: str = "") -> Response:
+                     step_up_method: str = "", issued: list[SessionInfo] | None = None
+                     ) -> Response:
         config = self.config()
         agent = (request.header("user-agent") or "")[:200]
         # Session fixation: whatever session the browser brought is ended, never reused.
@@ -296,6 +326,8 @@ class SignInFlows:
             raise
         if step_up_of is None:
             metrics.SIGNINS.labels("success").inc()
+        if issued is not None:
+            issued.append(info)
         max_age = max(0, int((info.expires_at - self.clock()).total_seconds()))
         return Response(303, [
             ("Location", self.safe_target(rd)), ("Cache-Control", "no-store"),

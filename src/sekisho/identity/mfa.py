@@ -118,6 +118,12 @@ class TotpFactors:
                 return True
         return False
 
+    def remove_totp(self, user_id: int) -> list[int]:
+        """Remove every TOTP factor of the user (unconfirmed ones too); their ids."""
+        records = [*store.list_factors(self._engine, user_id, "totp"),
+                   *store.list_factors(self._engine, user_id, "totp", confirmed=False)]
+        return [r.id for r in records if store.delete_factor(self._engine, user_id, r.id)]
+
     # -- recovery codes ---------------------------------------------------------------------
 
     def _hash(self, user_id: int, code: str) -> str:
@@ -139,6 +145,13 @@ class TotpFactors:
         ok = store.use_recovery_code(self._engine, user_id, self._hash(user_id, code),
                                      self._clock())
         return ok, store.unused_recovery_codes(self._engine, user_id)
+
+    def clear_recovery_codes(self, user_id: int) -> None:
+        """No codes at all (the last factor is gone: a code would lead nowhere)."""
+        store.replace_recovery_codes(self._engine, user_id, [], self._clock())
+
+    def unused_recovery_codes(self, user_id: int) -> int:
+        return store.unused_recovery_codes(self._engine, user_id)
 
     def has_recovery_codes(self, user_id: int) -> bool:
         return store.unused_recovery_codes(self._engine, user_id) > 0

@@ -42,6 +42,7 @@ from sekisho.identity.pages import (
 )
 from sekisho.identity.passwords import PasswordHasher
 from sekisho.identity.principal import SessionInfo
+from sekisho.identity.security_page import SecurityPage
 from sekisho.identity.sessions import SessionManager
 from sekisho.identity.throttle import Throttle
 from sekisho.observability import metrics
@@ -213,7 +214,8 @@ def build_signin_handlers(
     flows.add_choice(mfa.totp_choice)
     handlers: dict[str, Handler] = {
         SIGNIN: pages.signin, SIGNOUT: pages.signout, CSS: pages.stylesheet,
-        **mfa.handlers(), **Enrolment(mfa_ctx, mfa).handlers()}
+        **mfa.handlers(), **Enrolment(mfa_ctx, mfa).handlers(),
+        **SecurityPage(mfa_ctx, mfa).handlers()}
     context = IdentityContext(current_config=current_config, engine=engine,
                               sessions=sessions, audit=audit, clock=clock, pages=kit,
                               flows=flows, throttle=pages.throttle)

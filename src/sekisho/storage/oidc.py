@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -33,7 +33,6 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    or_,
     select,
     update,
 )
@@ -41,7 +40,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sekisho.errors import StorageError
-from sekisho.storage.models import Base, Group, GroupMember, Session, User
+from sekisho.storage.models import Base, Group, GroupMember, User
 from sekisho.storage.users import utc
 
 _UTC = DateTime(timezone=True)
@@ -186,6 +185,16 @@ def take_transaction(engine: Engine, state: str, now: datetime) -> TransactionRe
 
 # -- replay ledger --------------------------------------------------------------------------
 
+def count_transactions(engine: Engine) -> int:
+    """Stored authorization transactions (live or not yet swept)."""
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(OidcTransaction))
+                       .scalar_one())
+    except SQLAlchemyError as exc:
+        raise _fail(exc) from None
+
+
 def use_once(engine: Engine, kind: str, value: str, *, now: datetime,
              expires_at: datetime) -> bool:
     """Record that `value` was used; False if it was used before and has not yet expired."""
@@ -326,34 +335,27 @@ def links_for_logout(engine: Engine, idp: str, sub: str, sid: str) -> list[Sessi
         raise _fail(exc) from None
 
 
-def link_for_session(engine: Engine, session_id: str, *, user_id: int, idp: str,
-                     created_at: datetime, window: float) -> SessionLink | None:
-    """The link of a session: exact, else a pending link of the same user and IdP that
-    was made at most `window` seconds before the session (the second factor's time)."""
-    since = created_at - timedelta(seconds=window)
+def link_for_session(engine: Engine, session_id: str) -> SessionLink | None:
+    """The link of exactly this session (set at sign-in, or when its flow completed)."""
     try:
         with engine.connect() as conn:
             row = conn.execute(select(OidcSession).where(
-                or_(OidcSession.session_id == session_id,
-                    (OidcSession.session_id == "") & (OidcSession.user_id == user_id)
-                    & (OidcSession.idp == idp) & (OidcSession.created_at >= since)
-                    & (OidcSession.created_at <= created_at)))
-                .order_by(OidcSession.created_at.desc())).first()
+                OidcSession.session_id == session_id)).first()
     except SQLAlchemyError as exc:
         raise _fail(exc) from None
     return None if row is None else _link(row)
 
 
-def sessions_after(engine: Engine, *, user_id: int, idp: str, start: datetime,
-                   end: datetime) -> list[str]:
-    """Live Sekisho sessions of `user_id` through `idp` created within [start, end]."""
+def attach_session(engine: Engine, flow_id: str, session_id: str) -> int:
+    """The pending flow `flow_id` became `session_id`: record it on its link (rows changed)."""
     try:
-        with engine.connect() as conn:
-            return list(conn.execute(select(Session.id).where(
-                Session.user_id == user_id, Session.idp == idp, Session.revoked_at.is_(None),
-                Session.created_at >= start, Session.created_at <= end)).scalars())
+        with engine.begin() as conn:
+            result = conn.execute(update(OidcSession).where(
+                OidcSession.flow_id == flow_id, OidcSession.session_id == "")
+                .values(session_id=session_id))
     except SQLAlchemyError as exc:
         raise _fail(exc) from None
+    return int(result.rowcount)
 
 
 def delete_links(engine: Engine, ids: list[int]) -> None:

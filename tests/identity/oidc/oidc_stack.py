@@ -38,6 +38,7 @@ from sekisho.gateway.server import Gateway
 from sekisho.identity.oidc import build_handlers
 from sekisho.identity.oidc.base import default_http
 from sekisho.identity.oidc.discovery import ProviderCache
+from sekisho.identity.oidc.ratelimit import StartLimiter
 from sekisho.identity.sessions import SessionManager
 from sekisho.identity.signin import build_signin_handlers
 from sekisho.runtime import Runtime, build_runtime
@@ -108,6 +109,7 @@ class Stack:
         keyring.ensure()
         self.runtime: Runtime | None = None
         self.cache = ProviderCache(default_http)
+        self.limiter = StartLimiter()
         handlers = build_signin_handlers(
             current_config=lambda: self.config, engine=self.engine, sessions=self.sessions,
             audit=self.audit, builders=[self._build])
@@ -126,7 +128,8 @@ class Stack:
         self.configure()
 
     def _build(self, context: Any) -> Any:
-        return build_handlers(context, random=self._random, cache=self.cache)
+        return build_handlers(context, random=self._random, cache=self.cache,
+                              limiter=self.limiter)
 
     def _random(self, size: int) -> str:
         return self.random(size)  # tests may swap `random` (late binding)

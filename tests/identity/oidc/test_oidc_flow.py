@@ -4,6 +4,7 @@ logout in both directions."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import socket
@@ -25,8 +26,11 @@ from sekisho.audit.events import (
     UserChanged,
 )
 from sekisho.config.model import MfaSettings, Secret
+from sekisho.identity import totp
 from sekisho.identity.flow import FLOW_COOKIE
+from sekisho.storage import factors as factor_store
 from sekisho.storage import login_flows, users
+from sekisho.storage import oidc as oidc_store
 
 
 def _signed_in(stack: Stack, browser: Browser):
@@ -203,11 +207,41 @@ def test_require_mfa_without_amr_demands_sekisho_second_factor(oidc, browser):
     assert oidc.audit.of(OidcSignIn)[0].next_step == "second-factor"
 
 
-def test_require_mfa_without_amr_and_no_factor_rule_is_refused(oidc, browser):
-    # In the office nothing else would ask for a second factor: refuse (fail closed).
+def _without_factors(stack: Stack, login: str) -> None:
+    user = users.get_user_by_name(stack.engine, f"{login}@city.example.jp")
+    if user is not None:
+        factor_store.reset_user(stack.engine, user.id)
+
+
+def _enrol_totp(stack: Stack, browser: Browser) -> bytes:
+    """Finish first-use TOTP enrolment inside the pending flow; returns the TOTP key."""
+    page = browser.get(stack.origin + "/.sekisho/mfa/totp/enrol")
+    assert page.status_code == 200, page.text
+    raw = re.search(r'<code class="secret">([^<]+)</code>', page.text).group(1).replace(" ", "")
+    secret = base64.b32decode(raw + "=" * (-len(raw) % 8))
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text))
+    done = browser.client.post(stack.origin + "/.sekisho/mfa/totp/enrol",
+                               data={**fields, "code": totp.totp(secret, time.time())})
+    assert done.status_code == 200 and "<code>" in done.text, done.text
+    return secret
+
+
+def test_require_mfa_without_amr_in_the_office_enrols_sekishos_factor(oidc, browser):
+    # In the office nothing else would ask for a second factor; the IdP's missing MFA does:
+    # TOTP is enrolled inside the pending flow, never a one-factor session.
+    _without_factors(oidc, "suzuki")
     oidc.configure(alpha={"require_mfa": True},
                    mfa=MfaSettings(office_networks=(ip_network("127.0.0.0/8"),)))
-    _refused(oidc, browser, browser.sign_in("alpha", "suzuki"), "mfa-required", 403)
+    response = browser.sign_in("alpha", "suzuki")
+    assert response.status_code == 303, response.text
+    assert response.headers["location"] == "/.sekisho/mfa/totp/enrol"
+    assert browser.client.cookies.get(FLOW_COOKIE) and _signed_in(oidc, browser) is None
+    assert oidc.audit.of(OidcSignIn)[0].next_step == "second-factor"
+    assert not _reasons(oidc)
+    _enrol_totp(oidc, browser)
+    session = _signed_in(oidc, browser)
+    assert session is not None and {"oidc", "totp"} <= set(session.auth_methods)
+    assert session.idp == "alpha" and session.mfa_time is not None
 
 
 def test_require_mfa_with_amr_mfa_is_satisfied_by_the_idp(oidc, browser):
@@ -241,7 +275,71 @@ def test_backchannel_logout_from_the_real_op_ends_the_session(oidc, browser):
     assert oidc.sessions.lookup_sync(oidc.session_token(browser)) is None
 
 
+def _wait_for_logout(stack: Stack) -> BackchannelLogout:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not stack.audit.of(BackchannelLogout):
+        time.sleep(0.05)
+    return stack.audit.of(BackchannelLogout)[0]
+
+
+def _logout_at_op(stack: Stack, browser: Browser) -> None:
+    page = browser.get(stack.alpha.issuer + "/session/end?client_id=sekisho-a")
+    action, fields = _form(page)
+    browser.client.post(action, data={**fields, "logout": "yes"})
+
+
+def test_backchannel_logout_ends_exactly_the_session_its_flow_became(oidc, browser):
+    # Two sign-ins of the same user through the same IdP, minutes apart, both through a
+    # second factor: the IdP logs out the first one only. A match by user + IdP + time
+    # window would end both; the exact flow → session link ends only the first.
+    _without_factors(oidc, "suzuki")
+    oidc.configure(mfa=MfaSettings(office_networks=()))
+    assert browser.sign_in("alpha", "suzuki").headers["location"] == "/.sekisho/mfa/totp/enrol"
+    secret = _enrol_totp(oidc, browser)
+    first = _signed_in(oidc, browser)
+    assert first is not None
+    link = oidc_store.link_for_session(oidc.engine, first.session_id)
+    assert link is not None and link.flow_id  # the flow's link now names its session
+    second = Browser(oidc)
+    try:
+        assert second.sign_in("alpha", "suzuki").headers["location"] == "/.sekisho/mfa"
+        page = second.get(oidc.origin + "/.sekisho/mfa")
+        fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"',
+                                 page.text))
+        done = second.client.post(oidc.origin + "/.sekisho/mfa/totp",
+                                  data={**fields, "code": totp.totp(secret, time.time() + 30)})
+        assert done.status_code == 303, done.text
+        other = _signed_in(oidc, second)
+        assert other is not None and other.session_id != first.session_id
+        _logout_at_op(oidc, browser)
+        assert _wait_for_logout(oidc).sessions == 1
+        assert _signed_in(oidc, browser) is None
+        assert _signed_in(oidc, second) is not None  # the other session lives on
+    finally:
+        second.close()
+
+
+def test_start_is_rate_limited_per_address_before_anything_is_written(oidc, browser):
+    limiter = oidc.limiter
+    limiter.clear()
+    limiter.rate, limiter.burst = 0.0, 3.0
+    try:
+        url = oidc.origin + "/.sekisho/oidc/start?idp=alpha&rd=/app"
+        assert [browser.get(url).status_code for _ in range(3)] == [303, 303, 303]
+        before = oidc_store.count_transactions(oidc.engine)
+        refused = browser.get(url)
+        assert refused.status_code == 429
+        assert int(refused.headers["retry-after"]) >= 1
+        assert "サインイン要求が多すぎます" in refused.text  # a page for people (ja first)
+        assert "location" not in refused.headers
+        assert oidc_store.count_transactions(oidc.engine) == before  # nothing written
+    finally:
+        limiter.rate, limiter.burst = type(limiter).rate, type(limiter).burst
+        limiter.clear()
+
+
 def test_backchannel_logout_ends_a_sign_in_waiting_for_its_second_factor(oidc, browser):
+    _without_factors(oidc, "suzuki")
     oidc.configure(mfa=MfaSettings(office_networks=()))
     response = browser.sign_in("alpha", "suzuki")
     assert response.headers["location"].startswith("/.sekisho/mfa")

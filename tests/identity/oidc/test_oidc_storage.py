@@ -116,11 +116,14 @@ def test_session_links_by_sid_sub_and_pending_flow(oidc_engine: Engine) -> None:
         oidc_engine, "alpha", "", "sid-1")] == ["s" * 64]
     assert len(store.links_for_logout(oidc_engine, "alpha", "sub-1", "")) == 2
     assert store.links_for_logout(oidc_engine, "beta", "sub-1", "") == []
-    pending = store.link_for_session(oidc_engine, "x" * 64, user_id=user.id, idp="alpha",
-                                     created_at=NOW + timedelta(minutes=2), window=360)
-    assert pending is not None and pending.flow_id == "f" * 64
-    assert store.link_for_session(oidc_engine, "x" * 64, user_id=user.id, idp="alpha",
-                                  created_at=NOW + timedelta(hours=2), window=360) is None
+    # Only the exact session matches; a pending flow's link names its session once the flow
+    # completes (SignInFlows.on_session_issued), never by user + IdP + time.
+    assert store.link_for_session(oidc_engine, "x" * 64) is None
+    assert store.link_for_session(oidc_engine, "s" * 64).sid == "sid-1"
+    assert store.attach_session(oidc_engine, "f" * 64, "x" * 64) == 1
+    assert store.link_for_session(oidc_engine, "x" * 64).flow_id == "f" * 64
+    assert store.attach_session(oidc_engine, "f" * 64, "y" * 64) == 0  # set exactly once
+    assert store.attach_session(oidc_engine, "g" * 64, "y" * 64) == 0
 
 
 def test_the_migrated_head_has_the_oidc_tables(oidc_engine: Engine) -> None:

@@ -7,7 +7,7 @@ Public surface (see docs/oidc.md):
   route behind `rd` names an IdP (`routes[].idp`), else None.
 Modules: `discovery` (metadata + JWKS cache), `authrequest` (PKCE, state, nonce), `tokens`
 (code exchange), `idtoken` (ID / logout token validation), `claims` (mapping, JIT),
-`signin` (start, callback), `logout` (back-channel, RP-initiated).
+`signin` (start, callback), `logout` (back-channel, RP-initiated), `ratelimit` (start).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from sekisho.identity.oidc.base import default_http
 from sekisho.identity.oidc.discovery import ProviderCache
 from sekisho.identity.oidc.http import IdpHttp
 from sekisho.identity.oidc.logout import SIGNED_OUT_PATH, SIGNOUT_PATH, Logout
+from sekisho.identity.oidc.ratelimit import StartLimiter
 from sekisho.identity.oidc.signin import FederatedSignIn
 from sekisho.web import Handler
 
@@ -81,10 +82,14 @@ def build_handlers(context: IdentityContext, *,
                    http_for: Callable[[IdentityProvider], IdpHttp] = default_http,
                    random: Random = secrets.token_urlsafe,
                    monotonic: Callable[[], float] = time.monotonic,
-                   cache: ProviderCache | None = None) -> Mapping[str, Handler]:
+                   cache: ProviderCache | None = None,
+                   limiter: StartLimiter | None = None) -> Mapping[str, Handler]:
     """The OIDC handlers keyed by exact path (an `extensions.BUILDERS` entry)."""
     cache = cache or ProviderCache(http_for, monotonic)
-    signin = FederatedSignIn(context, cache, http_for=http_for, random=random)
+    signin = FederatedSignIn(context, cache, http_for=http_for, random=random,
+                             limiter=limiter or StartLimiter(monotonic=monotonic))
+    # Exact link of a pending sign-in to the session it becomes (back-channel logout).
+    context.flows.on_session_issued.append(signin.session_issued)
     logout = Logout(context, cache, http_for=http_for, random=random)
     return {START_PATH: signin.start, CALLBACK_PATH: signin.callback,
             BACKCHANNEL_PATH: logout.backchannel, SIGNOUT_PATH: logout.signout,

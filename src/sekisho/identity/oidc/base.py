@@ -34,8 +34,7 @@ MSG_TOKEN = N_("The identity provider's answer could not be verified, so you wer
                "signed in. Please start the sign-in again.")
 MSG_ACCOUNT = N_("Your account cannot sign in through this identity provider. Please "
                  "contact your administrator.")
-MSG_MFA = N_("This sign-in needs multi-factor authentication at the identity provider, or a "
-             "second factor registered in Sekisho. Please contact your administrator.")
+MSG_RATE = N_("Too many sign-in requests from your network. Wait a minute and try again.")
 MSG_CANCELLED = N_("The identity provider did not complete the sign-in.")
 MSG_UNKNOWN_IDP = N_("This identity provider is not configured.")
 
@@ -44,7 +43,6 @@ _PAGES: dict[str, tuple[str, int]] = {
     "jwks-invalid": (MSG_IDP_DOWN, 502), "token-error": (MSG_IDP_DOWN, 502),
     "state-invalid": (MSG_STATE, 400), "state-mismatch": (MSG_STATE, 400),
     "idp-error": (MSG_CANCELLED, 400), "idp-unknown": (MSG_UNKNOWN_IDP, 404),
-    "mfa-required": (MSG_MFA, 403),
     **{code: (MSG_ACCOUNT, 403) for code in (
         "email-missing", "email-unverified", "email-invalid", "email-domain", "user-unknown",
         "user-disabled", "identity-conflict")},

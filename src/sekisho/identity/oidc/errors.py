@@ -22,7 +22,7 @@ REASONS = frozenset({
     "jti-replay",
     # mapping the claims to a Sekisho user
     "email-missing", "email-unverified", "email-invalid", "email-domain", "user-unknown",
-    "user-disabled", "identity-conflict", "mfa-required",
+    "user-disabled", "identity-conflict",
 })
 
 

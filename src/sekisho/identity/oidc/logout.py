@@ -97,21 +97,21 @@ class Logout(FederationBase):
         return json_response({}, 200)
 
     def _end(self, idp: IdentityProvider, sub: str, sid: str) -> tuple[int, str]:
-        """Revoke every session the logout names; returns (count, a user name)."""
+        """Revoke every session the logout names; returns (count, a user name).
+
+        Each link names exactly one session: the one issued at the callback, or the one its
+        pending flow became (`SignInFlows.on_session_issued`); other sessions of the same
+        user through the same IdP are not touched.
+        """
         links = store.links_for_logout(self.engine, idp.id, sub, sid)
         now = self.clock()
-        window = timedelta(seconds=self.config().mfa.flow_lifetime + 60)
         ended = 0
         for link in links:
             if link.session_id:
                 ended += self.sessions.revoke_id(link.session_id, "idp-logout")
-                continue
-            # Pending second factor: end the flow, and any session it already became.
-            ended += login_flows.consume_flow(self.engine, link.flow_id, now)
-            for session_id in store.sessions_after(self.engine, user_id=link.user_id,
-                                                   idp=idp.id, start=link.created_at,
-                                                   end=link.created_at + window):
-                ended += self.sessions.revoke_id(session_id, "idp-logout")
+            elif link.flow_id:
+                # Pending second factor: end the flow, so finishing it yields no session.
+                ended += login_flows.consume_flow(self.engine, link.flow_id, now)
         store.delete_links(self.engine, [link.id for link in links])
         user = get_user_by_id(self.engine, links[0].user_id) if links else None
         return ended, user.username if user is not None else ""
@@ -139,9 +139,8 @@ class Logout(FederationBase):
             return self.pages.message(request, TITLE_SIGNED_OUT, MSG_SIGNED_OUT, 200, [clear])
         try:
             link = await asyncio.to_thread(
-                store.link_for_session, self.engine, session.session_id,
-                user_id=session.user_id, idp=session.idp, created_at=session.created_at,
-                window=self.config().mfa.flow_lifetime + 60) if session.idp else None
+                store.link_for_session, self.engine, session.session_id) if session.idp \
+                else None
             await asyncio.to_thread(self.sessions.revoke_id, session.session_id, "signout")
             await self.audit.append(SignedOut(user=session.username, session=session.short_id,
                                               source_ip=request.client_ip))

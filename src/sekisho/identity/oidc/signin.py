@@ -16,28 +16,36 @@ import hashlib
 import re
 import secrets
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from joserfc.jwk import Key
 
 from sekisho.audit.events import OidcSignIn
 from sekisho.config.model import IdentityProvider
 from sekisho.errors import SekishoError
-from sekisho.identity.flow import FLOW_COOKIE, PrimaryProof, mfa_required
+from sekisho.identity.flow import FLOW_COOKIE, PrimaryProof
 from sekisho.identity.oidc import claims as claims_mod
 from sekisho.identity.oidc.authrequest import build_request
 from sekisho.identity.oidc.base import (
     BROWSER_COOKIE,
+    MSG_RATE,
     MSG_UNKNOWN_IDP,
     FederationBase,
 )
+from sekisho.identity.oidc.discovery import ProviderCache
 from sekisho.identity.oidc.errors import OidcError
 from sekisho.identity.oidc.idtoken import CLOCK_SKEW, validate_id_token
+from sekisho.identity.oidc.ratelimit import StartLimiter
 from sekisho.identity.oidc.tokens import exchange_code
 from sekisho.identity.pages import MSG_METHOD, TITLE_ERROR
 from sekisho.identity.sessions import session_id_for
+from sekisho.observability import metrics
+from sekisho.storage import login_flows
 from sekisho.storage import oidc as store
-from sekisho.storage.users import groups_of_user
 from sekisho.web import Request, Response
+
+if TYPE_CHECKING:
+    from sekisho.identity.extensions import IdentityContext
 
 TRANSACTION_LIFETIME = 600.0
 _BROWSER_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
@@ -46,6 +54,11 @@ _CODE_MAX = 2048
 
 class FederatedSignIn(FederationBase):
     """The two browser-facing steps of the authorization code flow."""
+
+    def __init__(self, context: IdentityContext, cache: ProviderCache, *,
+                 limiter: StartLimiter | None = None, **options: Any) -> None:
+        super().__init__(context, cache, **options)
+        self.limiter = limiter or StartLimiter()
 
     def _browser_cookie(self, request: Request, value: str) -> str:
         secure = "; Secure" if request.scheme == "https" else ""
@@ -56,6 +69,14 @@ class FederatedSignIn(FederationBase):
         if request.method not in ("GET", "HEAD"):
             return self.pages.message(request, TITLE_ERROR, MSG_METHOD, 405,
                                       [("Allow", "GET")])
+        # Each start writes a transaction row before anything is proven: bound it per
+        # address, checked before any write (storage exhaustion by a GET loop). Refusals are
+        # counted, not audited — an audit record per refused request is the same flood.
+        if not self.limiter.allow(request.client_ip):
+            metrics.SIGNINS.labels("oidc-rate-limited").inc()
+            retry = str(self.limiter.retry_after(request.client_ip))
+            return self.pages.message(request, TITLE_ERROR, MSG_RATE, 429,
+                                      [("Retry-After", retry), ("Cache-Control", "no-store")])
         params = request.query_params()
         idp = self.idp(params.get("idp", ""))
         if idp is None:
@@ -145,18 +166,12 @@ class FederatedSignIn(FederationBase):
                                                mapped, now)
         for event in events:
             await self.audit.append(event)
-        if idp.require_mfa and not mapped.idp_mfa:
-            # Sekisho's own second factor must stand in for the IdP's missing MFA. The flow
-            # demands one only when the user has a factor or config requires it: otherwise
-            # refuse rather than issue a single-factor session (fail closed).
-            enrolled = await asyncio.to_thread(self.flows.enrolled_choices, user.id)
-            groups = await asyncio.to_thread(groups_of_user, self.engine, user.id)
-            if not enrolled and not mfa_required(self.config().mfa, request.client_ip,
-                                                 groups):
-                raise OidcError("mfa-required", status=403)
+        # An IdP that must assert MFA and did not: Sekisho's own second factor stands in,
+        # enrolled inside the pending flow if the user has none (never a one-factor session).
         proof = PrimaryProof(user, "oidc", idp=idp.id,
                              extra_methods=("idp_mfa",) if mapped.idp_mfa else (),
-                             groups_from_idp=tuple(sorted(mapped.groups)))
+                             groups_from_idp=tuple(sorted(mapped.groups)),
+                             require_second_factor=idp.require_mfa and not mapped.idp_mfa)
         response = await self.flows.after_primary(request, proof, record.rd)
         await self._link(response, user.id, idp, mapped, tokens.id_token)
         pending = any(v.startswith(FLOW_COOKIE + "=") for k, v in response.headers
@@ -165,6 +180,18 @@ class FederatedSignIn(FederationBase):
             user=user.username, idp=idp.id, source_ip=request.client_ip,
             idp_mfa=mapped.idp_mfa, next_step="second-factor" if pending else "session"))
         return response
+
+    async def session_issued(self, flow_id: str, session_id: str) -> None:
+        """`SignInFlows.on_session_issued`: the pending flow's link now names its session."""
+        attached = await asyncio.to_thread(store.attach_session, self.engine, flow_id,
+                                           session_id)
+        if attached:
+            return
+        # The flow had a link that a back-channel logout removed while the second factor was
+        # being entered (logout race): the IdP session is over, so is this one.
+        flow = await asyncio.to_thread(login_flows.load_flow, self.engine, flow_id)
+        if flow is not None and flow.idp:
+            await asyncio.to_thread(self.sessions.revoke_id, session_id, "idp-logout")
 
     async def _link(self, response: Response, user_id: int, idp: IdentityProvider,
                     mapped: claims_mod.MappedIdentity, id_token: str) -> None:
