@@ -155,6 +155,15 @@ class SignInFlows:
         """Synchronous: the factors this user has (call from a thread)."""
         return [c for c in self.choices if c.enrolled(self.engine, user_id)]
 
+    def would_strand(self, user_id: int, removing: str, *, left_of_kind: int = 0) -> bool:
+        """Synchronous: would removing one `removing` factor leave a user who must use MFA
+        with none? (Their next sign-in could then only enrol a new factor — whoever holds
+        the password would.) `left_of_kind`: how many of that kind would remain."""
+        if not mfa_mandatory(self.config().mfa, groups_of_user(self.engine, user_id)):
+            return False
+        others = {c.method for c in self.enrolled_choices(user_id)} - {removing}
+        return not others and left_of_kind == 0
+
     async def may_change_factors(self, session: SessionInfo) -> bool:
         """Adding or removing a factor needs a recent proof — of an existing factor, if any.
 

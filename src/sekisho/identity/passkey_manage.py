@@ -21,6 +21,7 @@ from sekisho.identity.pages import MSG_CSRF, N_, PREFIX
 from sekisho.identity.passkey_pages import PasskeyBase
 from sekisho.identity.passkeys import binding_of
 from sekisho.identity.principal import SessionInfo
+from sekisho.identity.security_page import MSG_LAST_FACTOR
 from sekisho.storage import webauthn as store
 from sekisho.web import Handler, Request, Response, redirect
 
@@ -159,6 +160,10 @@ class PasskeyManagement(PasskeyBase):
         records = await asyncio.to_thread(store.list_credentials, self.ctx.engine,
                                           session.user_id)
         record = next((r for r in records if r.id == row_id), None)
+        if record is not None and await asyncio.to_thread(
+                self.ctx.flows.would_strand, session.user_id, "webauthn",
+                left_of_kind=len(records) - 1):
+            return await self._page(request, session, status=409, error=MSG_LAST_FACTOR)
         if record is None or not await asyncio.to_thread(
                 store.remove_credential, self.ctx.engine, session.user_id, row_id):
             return await self._page(request, session, status=404, error=MSG_NOT_FOUND)

@@ -116,7 +116,7 @@ class SecurityPage:
         facts = await asyncio.to_thread(self._facts, session.user_id)
         if not facts["totp"]:
             return await self._page(request, session, status=404, error=MSG_NO_TOTP)
-        if facts["mandatory"] and not facts["others"]:
+        if await asyncio.to_thread(self.ctx.flows.would_strand, session.user_id, "totp"):
             return await self._page(request, session, status=409, error=MSG_LAST_FACTOR)
         removed = await asyncio.to_thread(self.ctx.factors.remove_totp, session.user_id)
         if not facts["others"]:

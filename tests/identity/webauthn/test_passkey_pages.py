@@ -225,6 +225,13 @@ def test_rename_remove_only_own_and_with_csrf(app, audit):
     idor = boss.request("POST", "/.sekisho/passkeys/remove",
                         form={"csrf": _csrf(boss_page), "id": str(row.id)})
     assert idor.status == 404 and store.list_credentials(app.engine, row.user_id)
+    # The only factor of a user who must use MFA stays: removing it would let whoever holds
+    # the password enrol their own factor at the next sign-in.
+    blocked = browser.request("POST", "/.sekisho/passkeys/remove",
+                              form={"csrf": _csrf(page), "id": str(row.id)})
+    assert blocked.status == 409 and store.list_credentials(app.engine, row.user_id)
+    app.config = replace(app.config, mfa=replace(app.config.mfa, require_remote=False,
+                                                 require_groups=()))
     removed = browser.request("POST", "/.sekisho/passkeys/remove",
                               form={"csrf": _csrf(page), "id": str(row.id)})
     assert removed.status == 303 and not store.list_credentials(app.engine, row.user_id)
