@@ -150,13 +150,15 @@ def test_storage_error_at_decision_time_denies_503(gw: GatewayUnderTest) -> None
     assert status == 503
     assert not gw.upstream.requests
     assert b"database" not in body and b"Storage" not in body
-    assert [e for e in gw.audit.events if isinstance(e, AccessDecision)][-1].decision == "deny"
+    denied = [e for e in gw.audit.events if isinstance(e, AccessDecision)][-1]
+    assert denied.decision == "deny" and denied.reasons == ("storage-unavailable",)
 
 
 def test_audit_unhealthy_denies_503(gw: GatewayUnderTest) -> None:
     gw.audit.healthy = False
-    status, _, _ = gw.request("GET", "/")
+    status, _, body = gw.request("GET", "/")
     assert status == 503 and not gw.upstream.requests
+    assert b"audit-unavailable" in body
 
 
 def test_unknown_host_and_reserved_handlers(gw: GatewayUnderTest) -> None:

@@ -22,7 +22,11 @@ from sekisho.services import SessionLookup
 
 log = logging.getLogger("sekisho.gateway")
 
-STORAGE_DENY = Decision(False, ("policy-error",))
+STORAGE_DENY = Decision(False, ("storage-unavailable",))
+POLICY_DENY = Decision(False, ("policy-error",))
+AUDIT_DENY = Decision(False, ("audit-unavailable",))
+# A deny made only of these reasons is cured by proving identity again: step up, don't 403.
+STEP_UP_REASONS = frozenset({"mfa-required", "auth-too-old"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +80,7 @@ async def decide(
         log.exception("session lookup failed: denying (fail closed)")
         return Verdict(STORAGE_DENY, None, 503)
     if policy is None:
-        return Verdict(STORAGE_DENY, session, 503)
+        return Verdict(POLICY_DENY, session, 503)
     try:
         facts = Facts(
             authenticated=session is not None,
@@ -91,16 +95,31 @@ async def decide(
             segment=route.segment,
             now=datetime.fromtimestamp(now, UTC),
             auth_methods=session.auth_methods if session else frozenset(),
-            auth_time=session.auth_time if session else None,
+            auth_time=session.last_proof if session else None,
+            idp=session.idp if session else "",
         )
         decision = evaluate(facts, policy)
         if not isinstance(decision, Decision) or decision.allow is not True:
             return Verdict(
-                decision if isinstance(decision, Decision) else STORAGE_DENY, session, 403)
+                decision if isinstance(decision, Decision) else POLICY_DENY, session, 403)
         return Verdict(decision, session)
     except Exception:
         log.exception("policy evaluation failed: denying (fail closed)")
-        return Verdict(STORAGE_DENY, session, 503)
+        return Verdict(POLICY_DENY, session, 503)
+
+
+def needs_step_up(verdict: Verdict) -> bool:
+    """Signed in, and denied only for a missing or stale proof: the user can cure it."""
+    reasons = verdict.decision.reasons
+    return (verdict.session is not None and verdict.deny_status == 403 and bool(reasons)
+            and STEP_UP_REASONS.issuperset(reasons))
+
+
+def step_up_location(scheme: str, host_header: str, target: str) -> str:
+    """The step-up page, back to `target` after (a form's body is not replayed: the page
+    says so, and the user submits it again)."""
+    original = f"{scheme}://{host_header}{target}"
+    return f"{scheme}://{host_header}/.sekisho/stepup?rd={quote(original, safe='')}"
 
 
 def signin_location(scheme: str, host_header: str, target: str) -> str:

@@ -34,12 +34,14 @@ from sekisho.gateway.keys import KeyRing
 from sekisho.gateway.pages import error_page, prefers_english
 from sekisho.gateway.paths import InvalidTarget, Target, normalise, strip_port
 from sekisho.gateway.pep import (
-    STORAGE_DENY,
+    AUDIT_DENY,
     Verdict,
     cookie_value,
     decide,
     find_session,
+    needs_step_up,
     signin_location,
+    step_up_location,
 )
 from sekisho.gateway.proxy import forward, request_head, status_line
 from sekisho.gateway.upstream import Origin, UpstreamError, UpstreamPool, parse_origin
@@ -247,7 +249,7 @@ class Gateway:
             host=host, now=self.clock(),
         )
         if verdict.decision.allow and not getattr(self.audit, "healthy", True):
-            verdict = Verdict(STORAGE_DENY, verdict.session, 503)  # cannot audit: deny
+            verdict = Verdict(AUDIT_DENY, verdict.session, 503)  # cannot audit: deny
         if not verdict.decision.allow:
             return self._deny(conn, exchange, route=route, target=target, verdict=verdict,
                               client_ip=client_ip, scheme=scheme, host_header=host_header,
@@ -327,6 +329,12 @@ class Gateway:
                 keep, sent = self.respond(conn, exchange, Response(
                     302, [("Location", location), ("Cache-Control", "no-store")]))
                 status = 302
+        elif needs_step_up(verdict) and not wants_json:
+            location = step_up_location(scheme, host_header, exchange.url.decode("latin-1"))
+            keep, sent = self.respond(conn, exchange, Response(
+                303 if exchange.method not in ("GET", "HEAD") else 302,
+                [("Location", location), ("Cache-Control", "no-store")]))
+            status = 302
         else:
             status = verdict.deny_status
             keep, sent = self.page(conn, exchange, status, verdict.decision.reasons)

@@ -221,21 +221,25 @@ class MfaPages:
         if session is None:
             return redirect(SIGNIN_PATH + "?" + urlencode({"rd": rd}))
         choices = await asyncio.to_thread(self.ctx.flows.enrolled_choices, session.user_id)
+        # No factor yet: a recent sign-in may enrol one (then prove it); an old one signs in
+        # again first. Sending it straight back to sign-in would loop on an MFA-only route.
+        enrol_url = TOTP_ENROL_PATH if not choices and \
+            await self.ctx.flows.may_change_factors(session) else ""
         if request.method != "POST":
             token, headers = self.pages.issue_csrf(request)
             return self.pages.render(
                 request, "stepup.html", TITLE_STEPUP, headers=headers, csrf=token, rd=rd,
-                action=STEPUP_PATH, has_factor=bool(choices),
+                action=STEPUP_PATH, has_factor=bool(choices), enrol_url=enrol_url,
                 signin_url=SIGNIN_PATH + "?" + urlencode({"rd": rd}))
         if not self.pages.csrf_ok(request, request.form()):
             token, headers = self.pages.issue_csrf(request)
             return self.pages.render(
                 request, "stepup.html", TITLE_STEPUP, status=403, error=MSG_CSRF,
                 headers=headers, csrf=token, rd=rd, action=STEPUP_PATH,
-                has_factor=bool(choices), signin_url=SIGNIN_PATH + "?" + urlencode({"rd": rd}))
+                has_factor=bool(choices), enrol_url=enrol_url,
+                signin_url=SIGNIN_PATH + "?" + urlencode({"rd": rd}))
         if not choices:
-            # Nothing to prove but the password: a fresh sign-in is the step-up.
-            return redirect(SIGNIN_PATH + "?" + urlencode({"rd": rd}))
+            return redirect(enrol_url or SIGNIN_PATH + "?" + urlencode({"rd": rd}))
         return await self.ctx.flows.begin_step_up(request, session, rd)
 
     def handlers(self) -> dict[str, Handler]:
