@@ -26,6 +26,22 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run",
         "--host-resolver-rules=MAP *.localhost 127.0.0.1"]
+MYNUMBER_POLICY = """
+  mynumber-staff:
+    allow:
+      and:
+        - group: [staff]
+        - mfa: [webauthn_uv]
+        - auth_age: 15m
+"""
+MYNUMBER_ROUTE = """\
+  - id: juki
+    title: 住民記録
+    from: https://wiki.localhost/juki
+    to: http://127.0.0.1:{port}
+    segment: mynumber
+    policy: mynumber-staff
+"""
 EXTRA_CONFIG = """
 webauthn:
   rp_name: "Sekisho テスト"
@@ -42,6 +58,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     # 127.0.0.1 is not an office network: a second factor is required for every sign-in.
     assert 'office_networks: ["127.0.0.0/8"]' in text
     text = text.replace('office_networks: ["127.0.0.0/8"]', 'office_networks: ["10.0.0.0/8"]')
+    # A マイナンバー route on the same host: a passkey with user verification within 15 min.
+    text = text.replace("\nroutes:\n", MYNUMBER_POLICY + "routes:\n")
+    text += MYNUMBER_ROUTE.format(port=upstream.port)
     process.config.write_text(text + EXTRA_CONFIG, encoding="utf-8")
     process.provision()
     process.start()

@@ -105,7 +105,7 @@ def test_totp_enrolment_and_sign_in(gateway: Gateway, page: Page) -> None:
 def test_passkey_registration_second_factor_passwordless_and_step_up(
         gateway: Gateway, context: BrowserContext, page: Page) -> None:
     _authenticator(context, page)
-    _enrol_totp(page, gateway, "sato", "passkey")  # a fresh proof: may add a passkey now
+    secret = _enrol_totp(page, gateway, "sato", "passkey")  # a fresh proof: may add one
     page.goto(gateway.url("/.sekisho/passkeys"))
     page.wait_for_selector("#passkey-start")
     page.fill("#passkey-name", "Work laptop")
@@ -140,9 +140,22 @@ def test_passkey_registration_second_factor_passwordless_and_step_up(
         page.click("#passkey-start")
     page.wait_for_url(gateway.url("/") + "*")
 
-    # Step-up: the session proves the passkey again, gets a new id, and lands on /x.
+    # A fresh passwordless session (passkey with UV) opens the マイナンバー route directly.
+    page.goto(gateway.url("/juki/records"))
+    _on_app(page, gateway, "/juki/records")
+
+    # Step-up: password + TOTP is not enough for that route. The gateway sends the user to
+    # step up; the passkey is proven, the session gets a new id, and the user is back.
+    _sign_out(page, gateway, "passkey-signed-out-3")
+    _password(page, gateway, "sato")
+    page.wait_for_url(re.compile(r"/\.sekisho/mfa$"))
+    page.fill("#code", _totp_now(secret))
+    with page.expect_navigation():
+        page.click("form[action='/.sekisho/mfa/totp'] button")
+    _on_app(page, gateway, "/")
     before = _session_cookie(context)
-    page.goto(gateway.url("/.sekisho/stepup?rd=/x"))
+    page.goto(gateway.url("/juki/records?id=7"))
+    page.wait_for_url(re.compile(r"/\.sekisho/stepup\?rd="))
     shot(page, "stepup", doc="stepup")
     with page.expect_navigation():
         page.click("form[action='/.sekisho/stepup'] button")
@@ -152,7 +165,7 @@ def test_passkey_registration_second_factor_passwordless_and_step_up(
     page.wait_for_selector("#passkey-start")
     with page.expect_navigation():
         page.click("#passkey-start")
-    _on_app(page, gateway, "/x")
+    _on_app(page, gateway, "/juki/records?id=7")
     shot(page, "stepup-done")
     after = _session_cookie(context)
     assert before and after and before != after
