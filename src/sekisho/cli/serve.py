@@ -22,6 +22,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="組み込みのデモ構成で起動 / run the embedded demo")
     parser.add_argument("--data-dir", default="./var/demo",
                         help="デモのデータ置き場 / demo data directory (default ./var/demo)")
+    parser.add_argument("--port", type=int, default=8443,
+                        help="デモの公開ポート / demo public port (default 8443)")
+    parser.add_argument("--admin-port", type=int, default=9100,
+                        help="デモの管理用ポート / demo admin port (default 9100)")
     parser.add_argument("--workers", type=int, default=None,
                         help="ワーカープロセス数 (server.workers を上書き) / worker processes")
     parser.add_argument("--worker-process", action="store_true", help=argparse.SUPPRESS)
@@ -36,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     if args.demo or not args.config:
         from sekisho.demo.setup import prepare_demo
 
-        launch = prepare_demo(Path(args.data_dir), args.workers)
+        launch = prepare_demo(Path(args.data_dir), args.workers, port=args.port,
+                              admin_port=args.admin_port)
         return app.serve(launch)
     from sekisho.config.loader import load_config
 

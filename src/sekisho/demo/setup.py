@@ -100,7 +100,8 @@ def banner(config: Config) -> str:
     return "\n".join(lines)
 
 
-def prepare_demo(data_dir: Path, workers: int | None) -> Launch:
+def prepare_demo(data_dir: Path, workers: int | None, *, port: int = LISTEN_PORT,
+                 admin_port: int = ADMIN_PORT) -> Launch:
     from sekisho.config.demo import DEMO_FILE, demo_config
     from sekisho.demo.apps import APPS, start_demo_apps
     from sekisho.gateway.keys import KeyRing
@@ -108,10 +109,11 @@ def prepare_demo(data_dir: Path, workers: int | None) -> Launch:
     from sekisho.storage.keys import SigningKeyRepository
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    issuer = f"https://portal.localhost:{LISTEN_PORT}"
-    ports = start_demo_apps(f"http://127.0.0.1:{ADMIN_PORT}/.well-known/sekisho/jwks.json", issuer)
+    issuer = f"https://portal.localhost:{port}"
+    ports = start_demo_apps(f"http://127.0.0.1:{admin_port}/.well-known/sekisho/jwks.json",
+                            issuer)
     config = demo_config(data_dir, {app.key: ports[app.key] for app in APPS},
-                         listen_port=LISTEN_PORT, admin_port=ADMIN_PORT)
+                         listen_port=port, admin_port=admin_port)
     engine = create_database_engine(config.storage_url.reveal())
     try:
         upgrade(engine)
