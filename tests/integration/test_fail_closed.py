@@ -31,7 +31,7 @@ def test_storage_lost_at_decision_time_denies_never_allows(
 
         # The database disappears under the running gateway.
         schema = unquote(parse_qs(urlparse(pg_schema_url).query)["options"][0]).split("=", 1)[1]
-        admin = create_engine(pg_schema_url.split("?")[0].replace(
+        admin = create_engine(pg_schema_url.split("?", 1)[0].replace(
             "postgresql://", "postgresql+psycopg://", 1))
         with admin.begin() as connection:
             connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))

@@ -35,7 +35,8 @@ def test_two_workers_serve_reload_and_are_restarted(tmp_path: Path,
 
         original = gateway.config.read_text()
         gateway.config.write_text(original.replace(
-            "    segment: internet\n    policy: staff", "    segment: internet\n    policy: admins"))
+            "    segment: internet\n    policy: staff",
+            "    segment: internet\n    policy: admins"))
         gateway.signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
         while {browser.get("wiki.localhost", f"/{i}").status for i in range(10)} != {403}:
