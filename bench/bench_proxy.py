@@ -164,16 +164,44 @@ def prepare_sekisho(tmp: Path, upstream: int) -> tuple[str, str, Path]:
     return url, token, spec
 
 
-def worker(spec_path: str, port: int, profile: str | None) -> None:
+def audit_master(spec_path: str, path: str) -> None:
+    """The master's part of `sekisho serve` with workers > 1: the single audit writer."""
+    import uvloop
+
+    from sekisho.audit.log import AuditLog
+    from sekisho.audit.relay import AuditRelayServer
+    from sekisho.storage.database import create_database_engine
+
+    spec = json.loads(Path(spec_path).read_text())
+    engine = create_database_engine(spec["url"])
+    audit = AuditLog(engine)
+    audit.start()
+
+    async def run() -> None:
+        server = AuditRelayServer(audit, path)
+        await server.start()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await server.close()
+
+    uvloop.run(run())
+    audit.close()
+    engine.dispose()
+
+
+def worker(spec_path: str, port: int, profile: str | None, relay: str | None = None) -> None:
     import uvloop
 
     from sekisho.app import tune_worker_process
     from sekisho.audit.log import AuditLog
+    from sekisho.audit.relay import AuditRelay
     from sekisho.config.model import Config, ListenAddress, Route, SessionSettings
     from sekisho.gateway.keys import KeyRing
     from sekisho.gateway.server import Gateway
     from sekisho.identity.sessions import SessionManager
     from sekisho.runtime import build_runtime
+    from sekisho.services import AuditSink
     from sekisho.storage.database import create_database_engine
     from sekisho.storage.keys import SigningKeyRepository
 
@@ -186,11 +214,19 @@ def worker(spec_path: str, port: int, profile: str | None) -> None:
     runtime = build_runtime(config)
     keyring = KeyRing(SigningKeyRepository(engine))
     keyring.reload()
-    audit = AuditLog(engine)
-    audit.start()
+    local = AuditLog(engine) if relay is None else None
+    if local is not None:
+        local.start()
     sessions = SessionManager(engine, SessionSettings())
 
     async def run() -> None:
+        audit: AuditSink
+        if relay is not None:
+            audit = forward = AuditRelay(relay)
+            await forward.start()
+        else:
+            assert local is not None
+            audit = local
         gateway = Gateway(lambda: runtime, sessions, audit, keyring, {})
         await gateway.start([ListenAddress("127.0.0.1", port)], None, reuse_port=True)
         stop = asyncio.Event()
@@ -198,6 +234,8 @@ def worker(spec_path: str, port: int, profile: str | None) -> None:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
         await gateway.close(1.0)
+        if relay is not None:
+            await forward.close()
 
     if profile:
         import cProfile
@@ -209,16 +247,31 @@ def worker(spec_path: str, port: int, profile: str | None) -> None:
         profiler.dump_stats(profile)
     else:
         uvloop.run(run())
-    audit.close()
+    if local is not None:
+        local.close()
     engine.dispose()
 
 
-def start_workers(spec: Path, port: int, count: int,
-                  profile: Path | None = None) -> list[subprocess.Popen[bytes]]:
+def start_workers(spec: Path, port: int, count: int, profile: Path | None = None,
+                  arrangement: str = "serve") -> list[subprocess.Popen[bytes]]:
+    """`count` workers arranged as `sekisho serve` arranges them ("serve": with several
+    workers, one audit writer in a master process fed by relays; one worker writes itself)
+    or each worker with its own writer thread ("local", the arrangement before the relay)."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     procs = []
+    relay: list[str] = []
+    if arrangement == "serve" and count > 1:
+        path = str(spec.parent / f"audit-{port}.sock")
+        procs.append(subprocess.Popen([sys.executable, __file__, "--audit-master", str(spec),
+                                       "--relay", path], env=env))
+        deadline = time.monotonic() + 15
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the audit master did not start")
+            time.sleep(0.05)
+        relay = ["--relay", path]
     for i in range(count):
-        command = [sys.executable, __file__, "--worker", str(spec), "--port", str(port)]
+        command = [sys.executable, __file__, "--worker", str(spec), "--port", str(port), *relay]
         if profile is not None:
             command += ["--profile-out", f"{profile}.{i}"]
         procs.append(subprocess.Popen(command, env=env))
@@ -226,10 +279,10 @@ def start_workers(spec: Path, port: int, count: int,
 
 
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
+    # Workers first, then the audit master (started first), as `sekisho serve` stops them.
+    for proc in procs[::-1]:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-    for proc in procs:
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
@@ -245,13 +298,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--workers", default="1,2,3")
     parser.add_argument("--profile", action="store_true",
                         help="also run one profiled worker and print where the time goes")
+    parser.add_argument("--audit", default="serve",
+                        help="serve (as `sekisho serve`), local (a writer per worker), or both "
+                             "as serve,local to compare them in one run")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--audit-master", help=argparse.SUPPRESS)
+    parser.add_argument("--relay", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--profile-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        worker(args.worker, args.port, args.profile_out)
+    if args.audit_master:
+        audit_master(args.audit_master, args.relay)
         return {}
+    if args.worker:
+        worker(args.worker, args.port, args.profile_out, args.relay)
+        return {}
+    arrangements = args.audit.split(",")
+
+    def key(count: int, arrangement: str) -> str:
+        return f"sekisho_{count}w" + ("" if arrangement == "serve" else f"_{arrangement}")
 
     results: dict[str, Any] = {}
     procs: list[subprocess.Popen[bytes]] = []
@@ -272,14 +337,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results["nginx"] = wrk(ngx, args.duration, headers)
             results["caddy"] = wrk(cdy, args.duration, headers)
             for count in (int(c) for c in args.workers.split(",")):
-                port = free_port()
-                workers = start_workers(spec, port, count)
-                try:
-                    wait_port(port, headers=cookie + "\r\n")
-                    wrk(port, 2, [*headers, cookie])  # warm the caches and pools
-                    results[f"sekisho_{count}w"] = wrk(port, args.duration, [*headers, cookie])
-                finally:
-                    stop(workers)
+                for arrangement in arrangements:
+                    port = free_port()
+                    workers = start_workers(spec, port, count, arrangement=arrangement)
+                    try:
+                        wait_port(port, headers=cookie + "\r\n")
+                        wrk(port, 2, [*headers, cookie])  # warm the caches and pools
+                        results[key(count, arrangement)] = wrk(port, args.duration,
+                                                               [*headers, cookie])
+                    finally:
+                        stop(workers)
             best_key = max((k for k in results if k.startswith("sekisho_")),
                            key=lambda k: results[k]["rps"])
             best = results[best_key]
@@ -288,17 +355,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results["half_rate"] = {"rate": half, "nginx": wrk(ngx, args.duration, headers,
                                                                script)}
             count = int(best_key.split("_")[1][:-1])
-            port = free_port()
-            workers = start_workers(spec, port, count)
-            try:
-                wait_port(port, headers=cookie + "\r\n")
-                results["half_rate"]["sekisho"] = wrk(port, args.duration, [*headers, cookie],
+            for arrangement in arrangements:  # the same offered rate for each arrangement
+                label = "sekisho" + ("" if arrangement == "serve" else f"_{arrangement}")
+                port = free_port()
+                workers = start_workers(spec, port, count, arrangement=arrangement)
+                try:
+                    wait_port(port, headers=cookie + "\r\n")
+                    results["half_rate"][label] = wrk(port, args.duration, [*headers, cookie],
                                                       script)
-            finally:
-                stop(workers)
-            results["half_rate"]["added_p99_ms"] = round(
-                results["half_rate"]["sekisho"]["p99_ms"] - results["half_rate"]["nginx"]["p99_ms"],
-                3)
+                finally:
+                    stop(workers)
+                results["half_rate"][f"added_p99_ms{label[7:]}"] = round(
+                    results["half_rate"][label]["p99_ms"]
+                    - results["half_rate"]["nginx"]["p99_ms"], 3)
             results["ratio_nginx"] = round(best["rps"] / results["nginx"]["rps"], 3)
             results["ratio_caddy"] = round(best["rps"] / results["caddy"]["rps"], 3)
             results["best"] = best_key
@@ -328,10 +397,11 @@ def report(results: dict[str, Any]) -> None:
                   f"{value['non_2xx']:>10.0f}")
     half = results.get("half_rate")
     if half:
-        print(f"\nat {half['rate']:.0f} req/s offered (half of Sekisho's max; measured: nginx "
-              f"{half['nginx']['raw_rps']:.0f}, Sekisho {half['sekisho']['raw_rps']:.0f} req/s): "
-              f"p99 nginx {half['nginx']['p99_ms']:.2f} ms, Sekisho "
-              f"{half['sekisho']['p99_ms']:.2f} ms, added {half['added_p99_ms']:.2f} ms")
+        for name in (k for k in half if k.startswith("sekisho")):
+            print(f"\nat {half['rate']:.0f} req/s offered (half of Sekisho's max; measured: "
+                  f"nginx {half['nginx']['raw_rps']:.0f}, {name} {half[name]['raw_rps']:.0f} "
+                  f"req/s): p99 nginx {half['nginx']['p99_ms']:.2f} ms, {name} "
+                  f"{half[name]['p99_ms']:.2f} ms, added {half['added_p99_ms' + name[7:]]:.2f} ms")
     if "ratio_nginx" in results:
         print(f"Sekisho ({results['best']}) / nginx = {results['ratio_nginx']:.3f}   "
               f"Sekisho / Caddy = {results['ratio_caddy']:.3f}   (bar: >= 0.35 x nginx)")

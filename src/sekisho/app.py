@@ -159,23 +159,35 @@ def open_storage(config: Config) -> Engine:
 async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_reloads: bool) -> None:
     """One gateway process: storage, audit writer, sessions, keys, sign-in pages, gateway."""
     from sekisho.audit.log import AuditLog
+    from sekisho.audit.relay import RELAY_ENV, AuditRelay
     from sekisho.gateway.keys import KeyRing
     from sekisho.gateway.server import Gateway
     from sekisho.identity.sessions import SessionManager
     from sekisho.identity.signin import build_signin_handlers
     from sekisho.runtime import build_runtime
+    from sekisho.services import AuditSink
     from sekisho.storage.keys import SigningKeyRepository
 
     tune_worker_process()
     config = launch.config
     engine = open_storage(config)
     holder = RuntimeHolder(build_runtime(config, digest_of(launch.config_path, config)))
-    audit = AuditLog(
-        engine,
-        flush_interval=config.audit.flush_interval,
-        batch_max=config.audit.batch_max,
-    )
-    audit.start()
+    # A worker of a master sends its events to the master's single writer (no writer
+    # thread taking this process's GIL from its event loop); a lone process writes itself.
+    relay_socket = None if admin else os.environ.get(RELAY_ENV)
+    audit: AuditSink
+    local: AuditLog | None = None
+    relay: AuditRelay | None = None
+    if relay_socket:
+        audit = relay = AuditRelay(relay_socket)
+        await relay.start()
+    else:
+        audit = local = AuditLog(
+            engine,
+            flush_interval=config.audit.flush_interval,
+            batch_max=config.audit.batch_max,
+        )
+        local.start()
     sessions = SessionManager(engine, config.session)
     keyring = KeyRing(SigningKeyRepository(engine))
     keyring.ensure()
@@ -191,14 +203,14 @@ async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_rel
 
     admin_server = None
     if admin:
-        admin_server = await _start_admin(config, engine, audit, lambda: keyring.jwks_json)
+        admin_server = await _start_admin(config, engine, local, lambda: keyring.jwks_json)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
     def on_hup() -> None:
         keyring.reload()
-        if reload(launch.config_path, holder, audit if audit_reloads else None):
+        if reload(launch.config_path, holder, local if audit_reloads else None):
             sessions.update_settings(holder.get().config.session)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
@@ -213,7 +225,10 @@ async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_rel
     await gateway.close(GRACE_SECONDS)
     if admin_server is not None:
         await admin_server.close()
-    await asyncio.to_thread(audit.close)
+    if relay is not None:
+        await relay.close()
+    if local is not None:
+        await asyncio.to_thread(local.close)
     engine.dispose()
 
 
@@ -277,6 +292,7 @@ def _serve_forked(launch: Launch, workers: int) -> int:
     import subprocess
 
     from sekisho.audit.log import AuditLog
+    from sekisho.audit.relay import RELAY_ENV, AuditRelayServer
     from sekisho.gateway.keys import KeyRing
     from sekisho.storage.keys import SigningKeyRepository
 
@@ -300,8 +316,13 @@ def _serve_forked(launch: Launch, workers: int) -> int:
         engine = open_storage(launch.config)
         keyring = KeyRing(SigningKeyRepository(engine))
         keyring.ensure()  # before the workers start, so they never race to create the first key
-        audit = AuditLog(engine, flush_interval=launch.config.audit.flush_interval)
+        # The installation's single audit writer: the workers relay their events here.
+        audit = AuditLog(engine, flush_interval=launch.config.audit.flush_interval,
+                         batch_max=launch.config.audit.batch_max)
         audit.start()
+        relay = AuditRelayServer(audit, relay_path(Path(launch.config.server.data_dir)))
+        await relay.start()
+        os.environ[RELAY_ENV] = relay.path
         holder = RuntimeHolder(_build(launch))
         children.extend(spawn() for _ in range(workers))
         admin_server = await _start_admin(launch.config, engine, audit,
@@ -341,11 +362,24 @@ def _serve_forked(launch: Launch, workers: int) -> int:
             if child.poll() is None:
                 child.kill()
         await admin_server.close()
+        await relay.close()  # the workers have exited: everything they sent is queued
         await asyncio.to_thread(audit.close)
         engine.dispose()
 
     _run(master)
     return 0
+
+
+def relay_path(data_dir: Path) -> str:
+    """The audit relay's socket: in the data directory, unless that path is too long for a
+    Unix socket (108 bytes), then in a private (0700) temporary directory."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = str(data_dir.resolve() / "audit.sock")
+    if len(path.encode()) < 100:
+        return path
+    import tempfile
+
+    return str(Path(tempfile.mkdtemp(prefix="sekisho-")) / "audit.sock")
 
 
 def _build(launch: Launch) -> Runtime:

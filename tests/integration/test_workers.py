@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -32,6 +33,15 @@ def test_two_workers_serve_reload_and_are_restarted(tmp_path: Path,
         browser.signin("wiki.localhost", "tanaka")
         statuses = {browser.get("wiki.localhost", f"/{i}").status for i in range(20)}
         assert statuses == {200}
+        # Decisions made on the workers reach the master's single writer and the chain.
+        deadline = time.monotonic() + 10
+        while True:
+            exported = gateway.cli("audit", "export", "--format", "jsonl").stdout
+            paths = {json.loads(line)["event"].get("path") for line in exported.splitlines()}
+            if {f"/{i}" for i in range(20)} <= paths:
+                break
+            assert time.monotonic() < deadline, "worker decisions missing from the audit chain"
+            time.sleep(0.2)
 
         original = gateway.config.read_text()
         gateway.config.write_text(original.replace(
@@ -56,3 +66,4 @@ def test_two_workers_serve_reload_and_are_restarted(tmp_path: Path,
         assert status == 200 and b"sekisho_requests_total" in body
     finally:
         assert gateway.stop() == 0
+    assert gateway.cli("audit", "verify").returncode == 0

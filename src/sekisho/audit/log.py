@@ -263,6 +263,37 @@ class AuditLog:
         except concurrent.futures.TimeoutError:
             raise AuditUnavailable(_UNAVAILABLE) from None
 
+    def submit(self, records: list[PendingRecord], *,
+               durable: bool) -> concurrent.futures.Future[int]:
+        """Queue records serialised elsewhere (a worker's `AuditRelay`); the future resolves
+        with the seq of the last one once all are committed.
+
+        A relayed batch was already accepted by a worker, so only a closed or failing log or
+        a full queue refuses it (raises AuditUnavailable); a lagging writer makes `healthy`
+        False, which the relay reports to the workers so they refuse new requests instead.
+        A durable record's future fails if its commit fails (as with `append`).
+        """
+        if self._closed:
+            raise AuditUnavailable(_UNAVAILABLE + " (closed)")
+        if not self._healthy:
+            raise AuditUnavailable(_UNAVAILABLE + " (database failing)")
+        if len(self._queue) + len(records) > self._queue_max:
+            raise AuditUnavailable(_UNAVAILABLE + " (queue full)")
+        future: concurrent.futures.Future[int] = concurrent.futures.Future()
+        queued_at = self._monotonic()
+        queue = self._queue
+        if durable:
+            for record in records[:-1]:
+                queue.append(_Item(record, None, True, queued_at))
+            queue.append(_Item(records[-1], future, True, queued_at))
+            self._wake.set()
+            return future
+        queue.extend(_Item(record, None, False, queued_at) for record in records)
+        queue.append(_Item(None, future, False, queued_at))  # resolves after the batch commits
+        if len(queue) >= self._batch_max and not self._wake.is_set():
+            self._wake.set()
+        return future
+
     def _admit(self) -> float:
         if self._closed:
             raise AuditUnavailable(_UNAVAILABLE + " (closed)")
