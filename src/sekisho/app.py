@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sekisho.app")
 
 GRACE_SECONDS = 10.0
+MASTER_PID_ENV = "SEKISHO_MASTER_PID"  # set by the master for its workers
 # How long one thread may hold the GIL while another waits (CPython default 5 ms). A gateway
 # worker runs the event loop and the audit writer thread: with 5 ms slices the writer falls
 # behind under full load (its events are then refused: 503) and every slice it takes stalls
@@ -218,9 +219,12 @@ async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_rel
     loop.add_signal_handler(signal.SIGINT, stop.set)
     if launch.banner is not None and admin:
         print(launch.banner(config), flush=True)
+    watcher = asyncio.ensure_future(_exit_with_master(stop)) if relay is not None else None
     log.info("gateway started", extra={"fields": {
         "pid": os.getpid(), "listen": [str(a) for a in config.server.listen]}})
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     log.info("shutting down", extra={"fields": {"pid": os.getpid()}})
     await gateway.close(GRACE_SECONDS)
     if admin_server is not None:
@@ -230,6 +234,20 @@ async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_rel
     if local is not None:
         await asyncio.to_thread(local.close)
     engine.dispose()
+
+
+async def _exit_with_master(stop: asyncio.Event) -> None:
+    """A worker whose master died (kill -9) could only answer 503: it exits instead, so the
+    port is free for a new master and its workers."""
+    # The master's pid comes from the environment, not getppid() at start: a master killed
+    # while this worker was still starting would otherwise look like a live parent.
+    parent = int(os.environ.get(MASTER_PID_ENV) or os.getppid())
+    while not stop.is_set():
+        if os.getppid() != parent:
+            log.error("master process gone; worker exits", extra={"fields": {"pid": os.getpid()}})
+            stop.set()
+            return
+        await asyncio.sleep(1.0)
 
 
 async def _start_admin(
@@ -323,6 +341,7 @@ def _serve_forked(launch: Launch, workers: int) -> int:
         relay = AuditRelayServer(audit, relay_path(Path(launch.config.server.data_dir)))
         await relay.start()
         os.environ[RELAY_ENV] = relay.path
+        os.environ[MASTER_PID_ENV] = str(os.getpid())
         holder = RuntimeHolder(_build(launch))
         children.extend(spawn() for _ in range(workers))
         admin_server = await _start_admin(launch.config, engine, audit,

@@ -67,3 +67,28 @@ def test_two_workers_serve_reload_and_are_restarted(tmp_path: Path,
     finally:
         assert gateway.stop() == 0
     assert gateway.cli("audit", "verify").returncode == 0
+
+
+def test_workers_exit_when_the_master_is_killed(tmp_path: Path, upstream: EchoUpstream) -> None:
+    gateway = GatewayProcess(tmp_path, f"sqlite:///{tmp_path}/sekisho.db", upstream)
+    gateway.config.write_text(gateway.config.read_text().replace("workers: 1", "workers: 2"))
+    gateway.provision()
+    gateway.start()
+    assert gateway.process is not None
+    deadline = time.monotonic() + 15
+    while len(workers := _worker_pids(gateway.process.pid)) < 2:
+        assert time.monotonic() < deadline, "workers did not start"
+        time.sleep(0.1)
+    gateway.process.send_signal(signal.SIGKILL)
+    gateway.process.wait(10)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in workers):
+        assert time.monotonic() < deadline, "orphaned workers should exit"
+        time.sleep(0.2)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return "zombie"

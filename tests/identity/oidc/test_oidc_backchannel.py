@@ -50,11 +50,14 @@ def signed_in(oidc: Stack, browser: Browser) -> tuple[Stack, str]:
     ("nonce-present", {"nonce": "n"}),
     ("claim-missing", {"jti": None}),
     ("claim-missing", {"sid": None}),
-    ("too-old", {"iat": int(time.time()) - 86400}),
-    ("expired", {"exp": int(time.time()) - 600, "iat": int(time.time()) - 650}),
+    # Times as offsets from the moment the test runs (not from collection, minutes earlier).
+    ("too-old", {"iat": -86400}),
+    ("expired", {"exp": -600, "iat": -650}),
 ])
 def test_invalid_logout_token_is_refused_and_ends_nothing(signed_in, reason, change):
     stack, token = signed_in
+    now = int(time.time())
+    change = {k: now + v if k in ("iat", "exp") else v for k, v in change.items()}
     response = _post(stack, _typ(stack, _logout_claims(stack, **change)))
     assert response.status_code == 400
     assert stack.sessions.lookup_sync(token) is not None
