@@ -33,6 +33,12 @@ MYNUMBER_POLICY = """
         - group: [staff]
         - mfa: [webauthn_uv]
         - auth_age: 15m
+  fresh-proof:
+    allow:
+      and:
+        - group: [staff]
+        - mfa: true
+        - auth_age: 3s
 """
 MYNUMBER_ROUTE = """\
   - id: juki
@@ -41,6 +47,12 @@ MYNUMBER_ROUTE = """\
     to: http://127.0.0.1:{port}
     segment: mynumber
     policy: mynumber-staff
+  - id: kokuho
+    title: 国保 (3 秒以内の本人確認)
+    from: https://wiki.localhost/kokuho
+    to: http://127.0.0.1:{port}
+    segment: mynumber
+    policy: fresh-proof
 """
 EXTRA_CONFIG = """
 webauthn:

@@ -144,6 +144,23 @@ def test_passkey_registration_second_factor_passwordless_and_step_up(
     page.goto(gateway.url("/juki/records"))
     _on_app(page, gateway, "/juki/records")
 
+    # An old session: the route wants a proof at most 3 s old. Once it has aged, the gateway
+    # sends the user to step up; the passkey proves it again and the user is back.
+    page.goto(gateway.url("/kokuho/"))
+    _on_app(page, gateway, "/kokuho/")
+    time.sleep(3.5)  # let the proof age past the route's auth_age (a clock, not a wait-for)
+    page.goto(gateway.url("/kokuho/cases"))
+    page.wait_for_url(re.compile(r"/\.sekisho/stepup\?rd="))
+    with page.expect_navigation():
+        page.click("form[action='/.sekisho/stepup'] button")
+    page.wait_for_url(re.compile(r"/\.sekisho/mfa$"))
+    with page.expect_navigation():
+        page.click("a[href='/.sekisho/passkeys/verify']")
+    page.wait_for_selector("#passkey-start")
+    with page.expect_navigation():
+        page.click("#passkey-start")
+    _on_app(page, gateway, "/kokuho/cases")
+
     # Step-up: password + TOTP is not enough for that route. The gateway sends the user to
     # step up; the passkey is proven, the session gets a new id, and the user is back.
     _sign_out(page, gateway, "passkey-signed-out-3")
