@@ -151,3 +151,35 @@ def test_csrf_is_required(optional_app, path):
     assert factor_store.has_factor(app.engine, _uid(app), "totp")
     assert app.factors.unused_recovery_codes(_uid(app)) == 10
     assert not _changes(app)
+
+
+def test_recent_changes_are_read_back_from_the_audit_log(app, clock):
+    """The owner sees every factor change on their account — including an administrator's
+    reset — and nobody else's: the page reads the real hash-chained audit log."""
+    from sekisho.audit.events import FactorsReset, RecoveryCodeUsed
+    from sekisho.audit.log import AuditLog
+
+    log = AuditLog(app.engine, now=clock)
+    log.start()
+    try:
+        log.append_sync(FactorChanged(user="suzuki", kind="webauthn", action="enrol",
+                                      factor="1:laptop"))
+        clock.advance(60)
+        log.append_sync(FactorsReset(admin="it-admin", user="suzuki", factors=2,
+                                     recovery_codes=10))
+        clock.advance(60)
+        log.append_sync(RecoveryCodeUsed(user="suzuki", source_ip="10.1.2.3", remaining=9))
+        log.append_sync(FactorChanged(user="sato", kind="totp", action="enrol"))
+        log.append_sync(FactorsReset(admin="it-admin", user="sato", factors=1,
+                                     recovery_codes=10))
+    finally:
+        log.close()
+    browser, _, _ = _signed_in(app)
+    text = browser.request("GET", PAGE).body.decode()
+    changes = re.findall(r"<li><time>[^<]+</time> ([^<]+)</li>", text)
+    assert changes == ["リカバリーコードが使われました",
+                       "管理者があなたの 2 段階目の認証をすべてリセットしました",
+                       "パスキー: 登録"]
+    clock.advance(91 * 86400)  # older than 90 days: no longer listed
+    browser2, _, _ = _signed_in(app)
+    assert "過去 90 日間に変更はありません。" in browser2.request("GET", PAGE).body.decode()

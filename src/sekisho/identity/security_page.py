@@ -24,6 +24,7 @@ from sekisho.identity.flow import STEPUP_PATH, TOTP_ENROL_PATH, mfa_mandatory
 from sekisho.identity.mfa_pages import SIGNIN_PATH, MfaContext, MfaPages
 from sekisho.identity.pages import MSG_CSRF, N_, PREFIX
 from sekisho.identity.principal import SessionInfo
+from sekisho.identity.security_notices import recent_notices
 from sekisho.storage import webauthn as passkey_store
 from sekisho.storage.users import groups_of_user
 from sekisho.web import Handler, Request, Response, redirect
@@ -72,6 +73,9 @@ class SecurityPage:
     async def _page(self, request: Request, session: SessionInfo, *, status: int = 200,
                     error: str = "", notice: str = "") -> Response:
         facts = await asyncio.to_thread(self._facts, session.user_id)
+        changes = await asyncio.to_thread(recent_notices, self.ctx.engine, session.username,
+                                          self.ctx.clock())
+        gettext = self.pages.gettext
         recent = await self.ctx.flows.may_change_factors(session)
         token, headers = self.pages.issue_csrf(request)
         return self.pages.render(
@@ -81,6 +85,8 @@ class SecurityPage:
             totp=facts["totp"], passkeys=facts["passkeys"], codes_left=facts["codes_left"],
             has_factor=bool(facts["totp"] or facts["others"]),
             last_factor=bool(facts["mandatory"] and facts["totp"] and not facts["others"]),
+            changes=[(c.local_time(), gettext(request, c.what),
+                      gettext(request, c.detail) if c.detail else "") for c in changes],
             recent=recent, stepup_url=self._stepup_url(), passkeys_url=PASSKEYS_PATH,
             enrol_url=TOTP_ENROL_PATH, remove_action=REMOVE_TOTP_PATH,
             renew_action=RENEW_CODES_PATH)
