@@ -265,3 +265,13 @@ def test_graceful_close_finishes_in_flight(gw: GatewayUnderTest) -> None:
     sock.close()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", gw.port), timeout=1).close()
+
+
+@pytest.mark.parametrize("host", ["bad host.localhost", "a@b.localhost", "x.localhost:99999999"])
+def test_invalid_host_is_refused_every_time(gw: GatewayUnderTest, host: str) -> None:
+    # Host values are cached after parsing: a repeated bad value must stay refused (host
+    # confusion), and a good value after it must still pass.
+    for _ in range(3):
+        assert gw.request("GET", "/", host=host)[0] == 400
+    assert gw.request("GET", "/")[0] == 200
+    assert gw.request("GET", "/")[0] == 200

@@ -156,7 +156,13 @@ def test_admin_endpoints_live_only_on_the_admin_listener(sqlite_gateway: Gateway
     browser = sqlite_gateway.browser()
     browser.signin("wiki.localhost", "tanaka")
     assert browser.get("wiki.localhost", "/").status == 200
-    status, body = sqlite_gateway.admin_get("/metrics")
+    # The request path's counters reach /metrics within a flush interval (1 s): poll ≤ 3 s.
+    deadline = time.monotonic() + 3
+    while True:
+        status, body = sqlite_gateway.admin_get("/metrics")
+        if b'sekisho_requests_total{route="wiki"' in body or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert status == 200
     assert b'sekisho_requests_total{route="wiki",status="200"} 1.0' in body
     assert b"sekisho_active_sessions 1.0" in body

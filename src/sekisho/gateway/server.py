@@ -55,6 +55,8 @@ log = logging.getLogger("sekisho.gateway")
 JWKS_PATH = "/.well-known/sekisho/jwks.json"
 _HOST_RE = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9.\-]+)(:[0-9]{1,5})?$")
 KEY_RELOAD_INTERVAL = 60.0
+_HOSTS_MAX = 1024  # raw Host values remembered; more only miss the cache (same result)
+METRICS_FLUSH_INTERVAL = 1.0  # /metrics lags the request path by at most this (operations.md)
 
 
 def jwks_response(keyring: KeyRing) -> Response:
@@ -90,7 +92,15 @@ class Gateway:
         self._origins: dict[str, Origin] = {}
         self._origin_runtime: Runtime | None = None
         self._reloader: asyncio.Task[None] | None = None
-        self._requests: dict[tuple[str, int], Any] = {}
+        self.tally = metrics.RequestTally()
+        self._flusher: asyncio.TimerHandle | None = None
+        # Per-snapshot byte constants (cookie names, assertion header), rebuilt on reload.
+        self._consts_runtime: Runtime | None = None
+        self._cookie_name = b""
+        self._cookie_names: frozenset[bytes] = frozenset()
+        self._assertion_header = b""
+        # Raw Host value -> (lower-cased header, host without port), or None when invalid.
+        self._hosts: dict[bytes, tuple[str, str] | None] = {}
         self.audit_failures = 0
         self._audit_warned_at = 0.0
 
@@ -115,7 +125,17 @@ class Gateway:
             self._servers.append(server)
             sockets.extend(server.sockets)
         self._reloader = loop.create_task(self._reload_keys())
+        self._flusher = loop.call_later(METRICS_FLUSH_INTERVAL, self._flush_metrics)
         return sockets
+
+    def _flush_metrics(self) -> None:
+        try:
+            self.tally.flush()
+        except Exception:
+            log.exception("metrics could not be flushed")
+        if not self.closing:
+            self._flusher = asyncio.get_running_loop().call_later(
+                METRICS_FLUSH_INTERVAL, self._flush_metrics)
 
     async def close(self, grace: float) -> None:
         """Stop accepting, let in-flight requests finish for `grace` seconds, then cut."""
@@ -136,6 +156,9 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
         self.pool.close()
+        if self._flusher is not None:
+            self._flusher.cancel()
+        self.tally.flush()
 
     async def _reload_keys(self) -> None:
         while True:
@@ -162,6 +185,13 @@ class Gateway:
             log.exception("connection failed")
             conn.abort()
 
+    def _parse_host(self, raw: bytes) -> tuple[str, str] | None:
+        host_header = raw.decode("latin-1").strip().lower()
+        parsed = (host_header, strip_port(host_header)) if _HOST_RE.match(host_header) else None
+        if len(self._hosts) < _HOSTS_MAX:
+            self._hosts[raw] = parsed
+        return parsed
+
     def _origin(self, runtime: Runtime, route: Route) -> Origin:
         if self._origin_runtime is not runtime:
             self._origins, self._origin_runtime = {}, runtime
@@ -169,6 +199,17 @@ class Gateway:
         if origin is None:
             origin = self._origins[route.id] = parse_origin(route.to)
         return origin
+
+    def _constants(self, runtime: Runtime) -> None:
+        if self._consts_runtime is runtime:
+            return
+        config = runtime.config
+        name = config.session.cookie_name.encode("latin-1")
+        self._cookie_name = name
+        self._cookie_names = frozenset({name, name + b"-csrf", b"sekisho_csrf",
+                                        b"__Host-sekisho-csrf"})
+        self._assertion_header = config.assertion.header.encode("ascii")
+        self._consts_runtime = runtime
 
     def respond(self, conn: ClientConnection, exchange: Exchange, response: Response,
                 keep: bool = True) -> tuple[bool, int]:
@@ -212,10 +253,12 @@ class Gateway:
         config = runtime.config
         if exchange.host_count != 1:
             return self.page(conn, exchange, 400)[0]  # missing or doubled Host: host confusion
-        host_header = exchange.host_value.decode("latin-1").strip().lower()
-        if not _HOST_RE.match(host_header):
+        raw_host = exchange.host_value
+        hosts = self._hosts
+        parsed = hosts[raw_host] if raw_host in hosts else self._parse_host(raw_host)
+        if parsed is None:
             return self.page(conn, exchange, 400)[0]
-        host = strip_port(host_header)
+        host_header, host = parsed
         try:
             target = normalise(exchange.url, host)
         except InvalidTarget:
@@ -242,7 +285,8 @@ class Gateway:
         if target.ambiguous and not route.allow_ambiguous_paths:
             return self.page(conn, exchange, 400)[0]  # path confusion: see gateway.paths
 
-        token = cookie_value(exchange.headers, config.session.cookie_name.encode("latin-1"))
+        self._constants(runtime)
+        token = cookie_value(exchange.headers, self._cookie_name)
         verdict = await decide(
             sessions=self.sessions, token=token, policy=runtime.policies.get(route.policy),
             route=route, client_ip=client_ip, method=exchange.method, path=target.path,
@@ -285,13 +329,8 @@ class Gateway:
         websocket = route.websocket and exchange.upgrade and exchange.method == "GET" and any(
             n.lower() == b"upgrade" and v.strip().lower() == b"websocket"
             for n, v in exchange.headers)
-        cookie_name = config.session.cookie_name.encode("latin-1")
-        headers = upstream_headers(
-            exchange.headers,
-            cookie_names=frozenset({cookie_name, cookie_name + b"-csrf", b"sekisho_csrf",
-                                    b"__Host-sekisho-csrf"}),
-            websocket=websocket,
-        )
+        headers = upstream_headers(exchange.headers, cookie_names=self._cookie_names,
+                                   websocket=websocket)
         if len(chain) == 1 and chain[0] is conn.peer:
             headers += ((b"X-Forwarded-For", conn.peer_text.encode("ascii")),
                         (b"X-Forwarded-Proto", scheme.encode("ascii")),
@@ -300,7 +339,7 @@ class Gateway:
             headers += forwarded_headers(chain, scheme, host_header.encode("latin-1"))
         if session is not None:
             token = self.signer.token(config.assertion, route.id, session)
-            headers.append((config.assertion.header.encode("ascii"), token.encode("ascii")))
+            headers.append((self._assertion_header, token.encode("ascii")))
         path = origin.base_path.encode("ascii") + target.upstream.encode("ascii")
         if target.query or b"?" in exchange.url:
             path += b"?" + target.query.encode("latin-1")
@@ -310,7 +349,7 @@ class Gateway:
         outcome = await forward(self.pool, conn, exchange, origin, head,
                                 connect_timeout=timeouts.connect, read_timeout=timeouts.read,
                                 websocket=websocket)
-        self._upstream_latency(route.id).observe(outcome.upstream_seconds)
+        self.tally.upstream_latency(route.id, outcome.upstream_seconds)
         return outcome.status, outcome.bytes_out, outcome.keep_alive
 
     def _deny(self, conn: ClientConnection, exchange: Exchange, *, route: Route, target: Target,
@@ -419,22 +458,6 @@ class Gateway:
                 self._audit_warned_at = now
                 log.warning("access decisions could not be audited (%d so far): %s",
                             self.audit_failures, exc)
-        key = (route.id, status)
-        counter = self._requests.get(key)
-        if counter is None:
-            counter = self._requests[key] = metrics.REQUESTS.labels(route.id, str(status))
-        counter.inc()
-        outcome = "allow" if decision.allow else "deny"
-        for reason in decision.reasons:
-            dkey = (outcome + "\0" + reason, 0)
-            child = self._requests.get(dkey)
-            if child is None:
-                child = self._requests[dkey] = metrics.DECISIONS.labels(outcome, reason)
-            child.inc()
-
-    def _upstream_latency(self, route_id: str) -> Any:
-        key = ("\0latency\0" + route_id, 0)
-        child = self._requests.get(key)
-        if child is None:
-            child = self._requests[key] = metrics.UPSTREAM_LATENCY.labels(route_id)
-        return child
+        tally = self.tally
+        tally.request(route.id, status)
+        tally.decision("allow" if decision.allow else "deny", decision.reasons)
