@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from sekisho import __version__
 from sekisho.errors import SekishoError
 
-COMMANDS = ("serve", "config", "db", "user", "group", "session", "audit", "keys")
+COMMANDS = ("serve", "config", "db", "user", "group", "session", "audit", "keys", "ca")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""Device trust: the internal CA, device certificates and (later) enrolment and posture."""
