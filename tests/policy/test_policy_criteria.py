@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
@@ -25,6 +25,16 @@ CASES: list[tuple[str, Any, dict[str, Any], bool]] = [
     ("idp", "entra", {"idp": "entra"}, True),
     ("idp", "local", {}, True),
     ("idp", "entra", {"authenticated": False, "idp": "entra"}, False),
+    ("segment", "internet", {}, True),
+    ("segment", ["lgwan", "mynumber"], {}, False),
+    ("segment", ["lgwan", "mynumber"], {"segment": "mynumber"}, True),
+    ("segment", "lgwan", {"authenticated": False, "user": None}, False),
+    # The default facts' time, 2025-04-01 00:30 UTC, is Tuesday 09:30 in Tokyo.
+    ("time", {"weekdays": ["tue"], "hours": "09:00-10:00"}, {}, True),
+    ("time", {"weekdays": ["mon"]}, {}, False),
+    ("time", {"hours": "08:30-09:30"}, {}, False),
+    ("time", {"dates": {"from": date(2025, 4, 1)}, "holidays": "exclude"},
+     {"holidays": frozenset({date(2025, 4, 1)})}, False),
     ("always", True, {"authenticated": False, "user": None}, True),
     ("never", True, {}, False),
     ("authenticated", True, {}, True),

@@ -106,6 +106,7 @@ STDLIB_ALLOWED = {
     "re",
     "types",
     "typing",
+    "zoneinfo",  # the time criterion; loads the zone at compile time only
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,9 @@ class Facts:
     auth_methods: frozenset[str] = frozenset()  # "pwd", "totp", "webauthn_uv" …
     auth_time: datetime | None = None  # the last proof: sign-in or second factor (UTC)
     idp: str = ""  # identity provider id; "" for Sekisho's own accounts
+    # Public holidays as local calendar dates (the `time` criterion's timezone), supplied by
+    # the gateway from the configured holiday list; empty means "no holiday is known".
+    holidays: frozenset[date] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

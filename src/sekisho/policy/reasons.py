@@ -80,6 +80,22 @@ REASONS: Mapping[str, tuple[str, str]] = MappingProxyType(
             "サインインに使った IdP はこのアプリに許可されていません",
             "The identity provider used to sign in is not permitted for this app",
         ),
+        "segment-allowed": (
+            "このセグメントへのアクセスが許可されています",
+            "Access to this segment is permitted",
+        ),
+        "segment-denied": (
+            "このセグメントへのアクセスは許可されていません",
+            "Access to this segment is not permitted",
+        ),
+        "time-allowed": (
+            "アクセスが許可されている日時です",
+            "Access is permitted at this time",
+        ),
+        "time-denied": (
+            "この日時 (曜日・時間帯・期間・祝日) のアクセスは許可されていません",
+            "Access is not permitted at this time (weekday, hours, dates or holiday)",
+        ),
         "storage-unavailable": (
             "認証情報を確認できないため拒否しました (データベースに接続できません)",
             "Denied because the session could not be checked (storage unavailable)",

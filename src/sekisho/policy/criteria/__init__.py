@@ -22,7 +22,9 @@ from sekisho.policy.criteria import (
     idp,
     mfa,
     never,
+    segment,
     source_ip,
+    time,
     user,
 )
 from sekisho.policy.criteria._base import Criterion, Predicate
@@ -43,7 +45,9 @@ CRITERIA: Mapping[str, Criterion] = MappingProxyType(
                 idp,
                 mfa,
                 never,
+                segment,
                 source_ip,
+                time,
                 user,
             ),
             key=lambda module: module.CRITERION.name,
