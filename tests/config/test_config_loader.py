@@ -137,3 +137,17 @@ def test_demo_config(tmp_path: Path) -> None:
 def test_demo_config_ephemeral_ports(tmp_path: Path) -> None:
     config = demo_config(tmp_path, {"wiki": 18002}, listen_port=0, admin_port=0)
     assert config.server.listen[0].port == 0 and config.server.admin_listen.port == 0
+
+
+def test_holidays_are_local_dates_and_bad_ones_are_named() -> None:
+    from datetime import date
+
+    from sekisho.errors import ConfigError
+
+    base = "tls: {enabled: false}\nsession: {cookie_name: sekisho}\n"
+    config = parse_config(base + "holidays: [2027-01-01, \"2027-01-11\"]\n", "h.yaml")
+    assert config.holidays == frozenset({date(2027, 1, 1), date(2027, 1, 11)})
+    with pytest.raises(ConfigError) as caught:
+        parse_config(base + "holidays:\n  - 2027-01-01\n  - 2027-02-30\n", "h.yaml")
+    assert "h.yaml:5: holidays[1]" in caught.value.description
+    assert "2027-02-30" in caught.value.description

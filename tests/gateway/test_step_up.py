@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
 
 from sekisho.audit.events import AccessDecision
 from sekisho.config.model import Route
@@ -77,4 +78,19 @@ def test_api_clients_get_a_403_not_a_redirect(gw: GatewayUnderTest) -> None:
 
 def test_staff_route_unaffected(gw: GatewayUnderTest) -> None:
     _with_mynumber_route(gw)
+    assert gw.request("GET", "/", host=HOST, token=STAFF)[0] == 200
+
+
+def test_configured_holidays_reach_the_time_criterion(gw: GatewayUnderTest) -> None:
+    """`holidays:` from the configuration becomes Facts.holidays: a route closed on holidays
+    is closed today when today is one, and open otherwise."""
+    base = make_config(gw.upstream.port)
+    today = datetime.now(UTC).astimezone(ZoneInfo("Asia/Tokyo")).date()
+    closed = {"allow": {"and": [{"group": ["staff"]},
+                                {"time": {"hours": "00:00-24:00", "holidays": "exclude"}}]}}
+    gw.reconfigure(policies={**base.policies, "staff": closed}, holidays=frozenset({today}))
+    status, _, body = gw.request("GET", "/", host=HOST, token=STAFF)
+    assert status == 403 and b"time-denied" in body
+    gw.reconfigure(policies={**base.policies, "staff": closed},
+                   holidays=frozenset({today - timedelta(days=1)}))
     assert gw.request("GET", "/", host=HOST, token=STAFF)[0] == 200

@@ -10,6 +10,7 @@ from __future__ import annotations
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import fields
+from datetime import date
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -257,6 +258,17 @@ class Builder:
             self.problem(
                 ("assertion", "lifetime"), "60 秒以下である必要があります", "must be at most 60s"
             )
+
+    def holidays(self) -> frozenset[date]:
+        raw = self.data.get("holidays")
+        days: set[date] = set()
+        for index, value in enumerate(raw) if isinstance(raw, list) else ():
+            try:
+                days.add(date.fromisoformat(str(value)))
+            except ValueError:
+                self.problem(("holidays", index), "実在する日付 (YYYY-MM-DD) が必要です",
+                             f"must be a real date like 2027-01-01 (got {value!r})")
+        return frozenset(days)
 
     def timezone(self) -> str:
         value = self.data.get("timezone", "Asia/Tokyo")

@@ -117,6 +117,7 @@ def _build(builder: Builder, digest: str) -> Config:
         identity_providers=identity_providers,
         default_language="en" if language == "en" else "ja",
         timezone=builder.timezone(),
+        holidays=builder.holidays(),
         digest=digest,
     )
     return config

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, Literal
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -212,5 +213,6 @@ class Config:
     identity_providers: tuple[IdentityProvider, ...] = ()
     default_language: Literal["ja", "en"] = "ja"
     timezone: str = "Asia/Tokyo"
+    holidays: frozenset[date] = frozenset()  # local dates (the `time` criterion)
     # sha256 (hex) of the file the snapshot was loaded from, for the ConfigReloaded audit event.
     digest: str = ""

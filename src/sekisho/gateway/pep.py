@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from urllib.parse import quote
 
 from sekisho.config.model import Route
@@ -70,6 +70,7 @@ async def decide(
     path: str,
     host: str,
     now: float,
+    holidays: frozenset[date] = frozenset(),
 ) -> Verdict:
     try:
         session = await find_session(sessions, token)
@@ -97,6 +98,7 @@ async def decide(
             auth_methods=session.auth_methods if session else frozenset(),
             auth_time=session.last_proof if session else None,
             idp=session.idp if session else "",
+            holidays=holidays,
         )
         decision = evaluate(facts, policy)
         if not isinstance(decision, Decision) or decision.allow is not True:

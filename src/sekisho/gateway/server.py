@@ -290,7 +290,7 @@ class Gateway:
         verdict = await decide(
             sessions=self.sessions, token=token, policy=runtime.policies.get(route.policy),
             route=route, client_ip=client_ip, method=exchange.method, path=target.path,
-            host=host, now=self.clock(),
+            host=host, now=self.clock(), holidays=config.holidays,
         )
         if verdict.decision.allow and not getattr(self.audit, "healthy", True):
             verdict = Verdict(AUDIT_DENY, verdict.session, 503)  # cannot audit: deny
