@@ -288,3 +288,47 @@ class BackchannelLogout(AuditEvent):
     user: str  # "" when no Sekisho session matched
     sessions: int  # how many Sekisho sessions (and pending sign-ins) were ended
     source_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEnrolmentCodeCreated(AuditEvent):
+    """An administrator created a one-time code with which a user's device can enrol."""
+
+    event_type: ClassVar[str] = "device.code_created"
+
+    admin: str
+    user: str  # the user the code (and the device) will belong to
+    code: str  # first 8 hex digits of the code's SHA-256 (never the code)
+    expires_at: str  # ISO 8601 UTC
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEnrolled(AuditEvent):
+    """A device spent an enrolment code and received a certificate from the internal CA."""
+
+    event_type: ClassVar[str] = "device.enrolled"
+
+    user: str
+    device: str  # the device id (server-generated)
+    name: str
+    inventory_id: str
+    serial: str  # certificate serial number, hex
+    code: str  # first 8 hex digits of the spent code's SHA-256
+    source_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatusChanged(AuditEvent):
+    """A device was renamed, suspended or revoked (its certificate then appears in the CRL)."""
+
+    event_type: ClassVar[str] = "device.changed"
+
+    admin: str
+    device: str
+    user: str  # the device's owner
+    action: str  # "rename" | "suspend" | "revoke"
+    details: str = ""  # the new name, or the reason
+
+    @property
+    def actor(self) -> str:
+        return self.admin

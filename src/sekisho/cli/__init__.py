@@ -14,7 +14,10 @@ from collections.abc import Sequence
 from sekisho import __version__
 from sekisho.errors import SekishoError
 
-COMMANDS = ("serve", "config", "db", "user", "group", "session", "audit", "keys", "ca")
+COMMANDS = (
+    "serve", "config", "db", "user", "group", "session", "audit", "keys", "ca",
+    "device", "policy",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,9 +41,10 @@ HandlerBuilder = Callable[[IdentityContext], Mapping[str, Handler]]
 # The MFA pages (TOTP, recovery codes, step-up) are added by `signin.build_signin_handlers`.
 def _builtin() -> tuple[HandlerBuilder, ...]:
     # Imported here: the methods import this module for IdentityContext.
+    from sekisho.devices import handlers as devices
     from sekisho.identity import oidc, passkey_pages
 
-    return (oidc.build_handlers, passkey_pages.build_handlers)
+    return (oidc.build_handlers, passkey_pages.build_handlers, devices.build_handlers)
 
 
 BUILDERS: tuple[HandlerBuilder, ...] = _builtin()

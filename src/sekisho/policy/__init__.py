@@ -2,7 +2,8 @@
 
 `compile_policy(name, document)` checks a YAML-parsed policy once per configuration snapshot;
 `evaluate(facts, policy)` decides one request, with reason codes from the closed list in
-`REASONS`. This package imports nothing else from Sekisho and does no I/O: the gateway
+`REASONS`; `explain(facts, policy)` gives the same decision with a readable trace.
+This package imports nothing else from Sekisho and does no I/O: the gateway
 gathers the facts and passes plain data in (see docs/policy.md).
 """
 
@@ -17,6 +18,7 @@ from sekisho.policy.engine import (
     evaluate,
 )
 from sekisho.policy.errors import PolicyError
+from sekisho.policy.explain import Explanation, Step, explain
 from sekisho.policy.facts import Decision, Facts
 from sekisho.policy.reasons import REASONS, explain_reason
 
@@ -27,10 +29,13 @@ __all__ = [
     "REASONS",
     "Criterion",
     "Decision",
+    "Explanation",
     "Facts",
     "Policy",
     "PolicyError",
+    "Step",
     "compile_policy",
     "evaluate",
+    "explain",
     "explain_reason",
 ]

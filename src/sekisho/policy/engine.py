@@ -11,7 +11,7 @@ allows something nobody meant to allow.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sekisho.policy import _nodes
@@ -35,6 +35,8 @@ class Policy:
     name: str
     allow: _nodes.Run | None
     deny: _nodes.Run | None
+    # The document as written, for `explain` (the compiled closures cannot show themselves).
+    document: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def evaluate(facts: Facts, policy: Policy) -> Decision:
@@ -81,6 +83,7 @@ def compile_policy(name: str, document: Mapping[str, Any]) -> Policy:
             name=name,
             allow=_block(allow, ("allow",), False, 1).run if "allow" in document else None,
             deny=_block(deny, ("deny",), True, 1).run if "deny" in document else None,
+            document=document,
         )
     except PolicyError as error:
         error.policy = name

@@ -210,3 +210,42 @@ class RecoveryCode(Base):
     code_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTC)
     used_at: Mapped[datetime | None] = mapped_column(UTC, nullable=True)
+
+
+class Device(Base):
+    """An enrolled device and the certificate Sekisho issued to it (migration 0006).
+
+    `status` is "active", "suspended" or "revoked"; a certificate whose device is not active
+    is listed in the CRL. `cert_serial` is the serial number in lower-case hex.
+    """
+
+    __tablename__ = "devices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), unique=True)
+    inventory_id: Mapped[str] = mapped_column(String(64), default="")
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128), default="")
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(UTC)
+    cert_serial: Mapped[str] = mapped_column(String(64), index=True)
+    cert_not_after: Mapped[datetime] = mapped_column(UTC)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTC, nullable=True)
+    revoked_reason: Mapped[str] = mapped_column(String(128), default="")
+
+
+class EnrolmentCode(Base):
+    """A one-time device enrolment code, stored as the SHA-256 of the code (migration 0006).
+
+    Consumed by one conditional UPDATE (`used_at IS NULL AND expires_at > now`).
+    """
+
+    __tablename__ = "enrolment_codes"
+
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(UTC)
+    expires_at: Mapped[datetime] = mapped_column(UTC)
+    used_at: Mapped[datetime | None] = mapped_column(UTC, nullable=True)
+    device_id: Mapped[str] = mapped_column(String(64), default="")

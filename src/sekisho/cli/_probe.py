@@ -1,0 +1,199 @@
+"""A hypothetical request for `sekisho policy explain|test`, decided the way the gateway would.
+
+The rule: the same route matching (lower-case host without port, then the path normalised by
+`gateway.paths`) and the same facts as `gateway.pep.decide`, so a check made here describes
+the request the gateway will see. A tool that matched `/allowed/../denied` against the
+`/allowed` route would explain a decision the gateway never makes — the path-confusion
+mistake the gateway itself refuses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+from sekisho.config.model import Route
+from sekisho.gateway.paths import InvalidTarget, normalise, strip_port
+from sekisho.policy import Decision, Explanation, Facts, explain
+from sekisho.policy.criteria.mfa import SECOND_FACTORS
+from sekisho.runtime import Runtime
+from sekisho.web import RESERVED_PREFIX
+
+FIELDS = ("url", "method", "user", "groups", "email", "ip", "at", "mfa", "auth_age", "idp")
+DEFAULT_IP = "192.0.2.1"  # a documentation address: "somewhere on the internet"
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 method token
+
+
+class BadInput(ValueError):
+    """A field of the request cannot be understood: `field` names it, ja/en say why."""
+
+    def __init__(self, field: str, ja: str, en: str) -> None:
+        super().__init__(f"{field}: {ja} / {en}")
+        self.field, self.ja, self.en = field, ja, en
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """The request to decide, after checking every field."""
+
+    url: str
+    host: str
+    target: bytes
+    facts_user: str | None
+    method: str
+    groups: frozenset[str]
+    email: str
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    at: datetime | None  # None: now
+    mfa: frozenset[str]
+    auth_age: int
+    idp: str
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What the gateway would do: a policy explanation, or a refusal before policy."""
+
+    host: str
+    path: str
+    route: Route | None
+    facts: Facts | None
+    explanation: Explanation | None
+    refusal_ja: str = ""
+    refusal_en: str = ""
+
+    @property
+    def decision(self) -> Decision:
+        if self.explanation is not None:
+            return self.explanation.decision
+        return Decision(False, ())
+
+
+def _text(field: str, value: Any, *, optional: bool = True) -> str:
+    if value is None and optional:
+        return ""
+    if not isinstance(value, str) or not value.strip():
+        raise BadInput(field, "空でない文字列を指定してください", "expected a non-empty string")
+    return value.strip()
+
+
+def _texts(field: str, value: Any) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise BadInput(field, "文字列またはそのリストを指定してください",
+                       "expected a string or a list of strings")
+    return frozenset(_text(field, item, optional=False) for item in items)
+
+
+def parse_probe(fields: Mapping[str, Any], timezone: str) -> Probe:
+    """Check the fields of one request (CLI options or a test case); raises `BadInput`."""
+    url = _text("url", fields.get("url"), optional=False)
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise BadInput("url", "https://ホスト/パス の形の URL を指定してください",
+                       "expected a URL like https://host/path")
+    if "@" in parts.netloc:
+        raise BadInput("url", "URL にユーザー情報 (@) は書けません", "userinfo (@) is not allowed")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    method = _text("method", fields.get("method")) or "GET"
+    if not _TOKEN.match(method):
+        raise BadInput("method", "HTTP メソッドの形ではありません", "not an HTTP method")
+    user = _text("user", fields.get("user")) or None
+    groups = _texts("groups", fields.get("groups"))
+    email = _text("email", fields.get("email"))
+    mfa = _texts("mfa", fields.get("mfa"))
+    idp = _text("idp", fields.get("idp"))
+    unknown = sorted(mfa - SECOND_FACTORS)
+    if unknown:
+        known = ", ".join(sorted(SECOND_FACTORS))
+        raise BadInput("mfa", f"不明な方式 {unknown[0]!r} です（{known}）",
+                       f"unknown method {unknown[0]!r} (expected: {known})")
+    auth_age = fields.get("auth_age")
+    if auth_age is None:
+        auth_age = 0
+    if isinstance(auth_age, bool) or not isinstance(auth_age, int) or auth_age < 0:
+        raise BadInput("auth_age", "0 以上の秒数（整数）を指定してください",
+                       "expected whole seconds, 0 or more")
+    if user is None:
+        given = [name for name, value in (("groups", groups), ("email", email), ("mfa", mfa),
+                                          ("idp", idp)) if value]
+        given += ["auth_age"] if fields.get("auth_age") is not None else []
+        if given:
+            raise BadInput(given[0], "user を指定しないと未サインインになるため指定できません",
+                           "needs a user (without one the request is not signed in)")
+    try:
+        ip = ipaddress.ip_address(_text("ip", fields.get("ip")) or DEFAULT_IP)
+    except ValueError:
+        raise BadInput("ip", "IP アドレスを指定してください", "expected an IP address") from None
+    return Probe(url, strip_port(parts.netloc), target.encode("utf-8"), user, method.upper(),
+                 groups, email, ip, _when(fields.get("at"), timezone), mfa, auth_age, idp)
+
+
+def _when(value: Any, timezone: str) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        try:
+            moment = datetime.fromisoformat(_text("at", value, optional=False))
+        except ValueError:
+            raise BadInput("at", "ISO 8601 の日時を指定してください（例 2026-12-01T09:00+09:00）",
+                           "expected an ISO 8601 time (e.g. 2026-12-01T09:00+09:00)") from None
+    if moment.tzinfo is None:  # a wall-clock time in the configured timezone, as staff mean it
+        moment = moment.replace(tzinfo=ZoneInfo(timezone))
+    return moment.astimezone(UTC)
+
+
+def decide(runtime: Runtime, probe: Probe) -> Result:
+    """Match the route like the gateway, build its facts and explain its policy's decision."""
+    try:
+        target = normalise(probe.target, probe.host)
+    except InvalidTarget:
+        raise BadInput("url", "パスとして解釈できません", "the path cannot be parsed") from None
+    path = target.path
+    if not runtime.routes.has_host(probe.host):
+        known = ", ".join(sorted(runtime.routes.hosts)) or "-"
+        raise BadInput("url", f"ホスト '{probe.host}' のルートがありません（設定済み: {known}）",
+                       f"no route for host '{probe.host}' (configured: {known})")
+    if path.startswith(RESERVED_PREFIX):
+        raise BadInput("url", f"{RESERVED_PREFIX} は Sekisho 自身のページで、ルートではありません",
+                       f"{RESERVED_PREFIX} is Sekisho's own pages, not a route")
+    route = runtime.routes.match(probe.host, path)
+    if route is None:
+        raise BadInput("url", f"パス '{path}' に一致するルートがありません",
+                       f"no route matches the path '{path}'")
+    if target.ambiguous and not route.allow_ambiguous_paths:
+        return Result(probe.host, path, route, None, None,
+                      f"曖昧なパス ({target.ambiguous}) のため 400 で拒否されます",
+                      f"refused with 400: ambiguous path ({target.ambiguous})")
+    now = probe.at or datetime.now(UTC)
+    signed_in = probe.facts_user is not None
+    primary = "oidc" if probe.idp else "pwd"
+    facts = Facts(
+        authenticated=signed_in,
+        user=probe.facts_user,
+        email=probe.email,
+        groups=probe.groups,
+        source_ip=probe.ip,
+        method=probe.method,
+        path=path,
+        host=probe.host,
+        route=route.id,
+        segment=route.segment,
+        now=now,
+        auth_methods=probe.mfa | {primary} if signed_in else frozenset(),
+        auth_time=now - timedelta(seconds=probe.auth_age) if signed_in else None,
+        idp=probe.idp,
+        holidays=runtime.config.holidays,
+    )
+    policy = runtime.policies[route.policy]
+    return Result(probe.host, path, route, facts, explain(facts, policy))
