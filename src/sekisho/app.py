@@ -138,12 +138,16 @@ def server_ssl_context(config: Config) -> ssl.SSLContext | None:
 
     if not config.tls.enabled:
         return None
+    client_ca = None
+    if config.tls.client_certificates == "optional":
+        client_ca = config.tls.client_ca_dir or str(Path(config.server.data_dir) / "ca")
     if config.tls.self_signed:
         hosts = (*tls.DEFAULT_HOSTS, *sorted({route.host for route in config.routes}))
         cert, key = tls.self_signed(Path(config.server.data_dir), hosts)
-        return tls.server_context(str(cert), str(key))
+        return tls.server_context(str(cert), str(key), client_ca_dir=client_ca)
     assert config.tls.cert_file and config.tls.key_file
-    return tls.server_context(config.tls.cert_file, config.tls.key_file)
+    return tls.server_context(config.tls.cert_file, config.tls.key_file,
+                              client_ca_dir=client_ca)
 
 
 def open_storage(config: Config) -> Engine:
@@ -198,7 +202,12 @@ async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_rel
         sessions=sessions,
         audit=audit,
     )
-    gateway = Gateway(holder.get, sessions, audit, keyring, handlers)
+    devices = None
+    if config.tls.enabled and config.tls.client_certificates == "optional":
+        from sekisho.devices.trust import DeviceTrust
+
+        devices = DeviceTrust(engine)
+    gateway = Gateway(holder.get, sessions, audit, keyring, handlers, devices=devices)
     ssl_context = server_ssl_context(config)
     await gateway.start(config.server.listen, ssl_context, reuse_port=reuse_port)
 

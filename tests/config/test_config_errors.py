@@ -298,6 +298,28 @@ CASES = [
         "TLS is disabled",
     ),
     (
+        "tls-disabled-with-client-certificates",
+        "tls:\n  enabled: false\n  client_certificates: optional\n",
+        3,
+        "tls.client_certificates",
+        "client certificates need TLS",
+    ),
+    (
+        "tls-client-ca-dir-without-ca",
+        "tls:\n  self_signed: true\n  client_certificates: optional\n"
+        "  client_ca_dir: /nonexistent/ca\n",
+        4,
+        "tls.client_ca_dir",
+        "root.pem is missing",
+    ),
+    (
+        "tls-client-certificates-unknown-mode",
+        "tls:\n  self_signed: true\n  client_certificates: required\n",
+        3,
+        "tls.client_certificates",
+        "",
+    ),
+    (
         "storage-bad-scheme",
         'storage:\n  url: "mysql://db/x"\n',
         2,

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from sekisho.config.model import Config, ListenAddress, Route, Timeouts
+from sekisho.devices.trust import DeviceTrust
 from sekisho.gateway.keys import KeyRing
 from sekisho.gateway.server import Gateway
 from sekisho.gateway.tls import self_signed, server_context
@@ -42,7 +43,7 @@ def make_config(upstream_port: int, **overrides: Any) -> Config:
         Route(id="dead", host="dead.localhost", path_prefix="/", to="http://127.0.0.1:9",
               policy="anyone", timeouts=Timeouts(connect=1.0, read=1.0)),
     )
-    policies = {
+    policies: dict[str, Any] = {
         "staff": {"allow": {"and": [{"group": ["staff"]}]}},
         "nobody": {"allow": {"and": [{"never": True}]}},
         "anyone": {"allow": {"and": [{"always": True}]}},
@@ -51,7 +52,8 @@ def make_config(upstream_port: int, **overrides: Any) -> Config:
 
 
 class GatewayUnderTest:
-    def __init__(self, tmp_path: Path, tls: bool = False, **config: Any) -> None:
+    def __init__(self, tmp_path: Path, tls: bool = False, *,
+                 client_ca_dir: Path | None = None, **config: Any) -> None:
         self.harness = Harness()
         self.upstream = EchoUpstream()
         port = self.harness.call(self.upstream.start())
@@ -71,12 +73,16 @@ class GatewayUnderTest:
             return json_response({"body": request.body.decode(),
                                   "signed_in": bool(request.session)})
 
+        # With client_ca_dir: mTLS (client certificates optional) against that internal CA,
+        # device standing from the registry in this same database.
+        devices = DeviceTrust(self.engine) if client_ca_dir is not None else None
         self.gateway = Gateway(lambda: self.runtime, self.sessions, self.audit, self.keyring,
-                               {"/.sekisho/echo": echo_handler})
+                               {"/.sekisho/echo": echo_handler}, devices=devices)
         context = None
         if tls:
             cert, key = self_signed(tmp_path)
-            context = server_context(cert, key)
+            context = server_context(cert, key, client_ca_dir=client_ca_dir)
+            self.server_cert = cert
             self.client_ssl = ssl.create_default_context(cafile=cert)
         self.tls = tls
         sockets = self.harness.call(self.gateway.start([ListenAddress("127.0.0.1", 0)], context))
@@ -86,10 +92,11 @@ class GatewayUnderTest:
         self.runtime = build_runtime(dataclasses.replace(
             make_config(self.upstream.port), **config))
 
-    def connect(self) -> socket.socket:
+    def connect(self, client_ssl: ssl.SSLContext | None = None) -> socket.socket:
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
         if self.tls:
-            return self.client_ssl.wrap_socket(sock, server_hostname="localhost")
+            context = client_ssl or self.client_ssl
+            return context.wrap_socket(sock, server_hostname="localhost")
         return sock
 
     def raw(self, data: bytes, *, read_all: bool = True) -> bytes:
@@ -151,7 +158,8 @@ def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
 
 
 def echoed(body: bytes) -> dict[str, Any]:
-    return json.loads(body)
+    value: dict[str, Any] = json.loads(body)
+    return value
 
 
 @pytest.fixture

@@ -12,6 +12,15 @@ from sekisho.policy import CRITERIA, Facts, compile_policy, evaluate
 
 MakeFacts = Callable[..., Facts]
 
+_ISSUER = "CN=Sekisho Device CA,O=City"
+# Facts of a request from tanaka's enrolled device, as the gateway fills them under mTLS.
+_DEVICE: dict[str, Any] = {
+    "device_id": "dev-1", "device_enrolled": True, "device_user": "tanaka",
+    "client_certificate_issuer": _ISSUER,
+    "client_certificate_sans": frozenset({"urn:sekisho:device:dev-1",
+                                          "urn:sekisho:inventory:PC-0042"}),
+}
+
 # (criterion, argument, fact overrides, expected match)
 CASES: list[tuple[str, Any, dict[str, Any], bool]] = [
     ("always", True, {}, True),
@@ -121,6 +130,23 @@ CASES: list[tuple[str, Any, dict[str, Any], bool]] = [
     ("http_path", [{"exact": "/a"}, {"prefix": "/b/c"}], {"path": "/b"}, False),
     ("http_path", [{"exact": "/a"}, {"prefix": "/b/c"}], {"path": "/a"}, True),
     ("http_path", {"prefix": "/文書"}, {"path": "/文書/一覧"}, True),
+    ("device", {"enrolled": True}, _DEVICE, True),
+    ("device", {"enrolled": True}, {}, False),  # no device certificate
+    ("device", {"enrolled": True}, {**_DEVICE, "device_enrolled": False}, False),  # revoked
+    ("device", {"id": ["dev-1", "dev-2"]}, _DEVICE, True),
+    ("device", {"id": "dev-2"}, _DEVICE, False),
+    ("device", {"enrolled": True, "id": "dev-1"}, {**_DEVICE, "device_enrolled": False}, False),
+    # A device certificate of user A never vouches for a session of user B.
+    ("device", {"enrolled": True}, {**_DEVICE, "device_user": "sato"}, False),
+    ("device", {"enrolled": True}, {**_DEVICE, "authenticated": False, "user": None}, True),
+    ("device", {"enrolled": True}, {**_DEVICE, "device_user": ""}, True),
+    ("client_certificate", {"issuer": _ISSUER}, _DEVICE, True),
+    ("client_certificate", {"issuer": "CN=Other CA"}, _DEVICE, False),
+    ("client_certificate", {"san": ["urn:sekisho:inventory:PC-0042"]}, _DEVICE, True),
+    ("client_certificate", {"san": "urn:sekisho:inventory:PC-004"}, _DEVICE, False),
+    ("client_certificate", {"issuer": _ISSUER, "san": "urn:sekisho:device:dev-1"}, _DEVICE, True),
+    ("client_certificate", {"issuer": _ISSUER, "san": "urn:x"}, _DEVICE, False),
+    ("client_certificate", {"issuer": _ISSUER}, {}, False),  # no certificate
 ]
 
 

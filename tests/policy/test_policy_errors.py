@@ -134,6 +134,21 @@ CASES: list[tuple[Any, tuple[str | int, ...], str]] = [
         ("allow", "and", 0, "http_path", 1, "prefix"),
         "normalised path",
     ),
+    (_allow({"device": True}), ("allow", "and", 0, "device"), "mapping"),
+    (_allow({"device": {}}), ("allow", "and", 0, "device"), "mapping"),
+    (_allow({"device": {"enrolled": False}}), ("allow", "and", 0, "device", "enrolled"),
+     "expected true"),
+    (_allow({"device": {"posture": "x"}}), ("allow", "and", 0, "device", "posture"),
+     "unknown key"),
+    (_allow({"device": {"id": []}}), ("allow", "and", 0, "device", "id"), "empty list"),
+    (_allow({"client_certificate": "CN=x"}), ("allow", "and", 0, "client_certificate"),
+     "mapping"),
+    (_allow({"client_certificate": {"subject": "x"}}),
+     ("allow", "and", 0, "client_certificate", "subject"), "unknown key"),
+    (_allow({"client_certificate": {"issuer": ["CN=x"]}}),
+     ("allow", "and", 0, "client_certificate", "issuer"), "one string"),
+    (_allow({"client_certificate": {"san": [""]}}),
+     ("allow", "and", 0, "client_certificate", "san", 0), "non-empty string"),
 ]
 
 
@@ -162,7 +177,8 @@ def test_unknown_criterion_lists_the_known_ones() -> None:
     with pytest.raises(PolicyError) as caught:
         compile_policy("p", _allow({"gruop": "staff"}))
     assert caught.value.message.startswith(
-        "unknown criterion 'gruop' (expected one of: always, auth_age, authenticated, email, "
+        "unknown criterion 'gruop' (expected one of: always, auth_age, authenticated, "
+        "client_certificate, device, email, "
     )
 
 

@@ -159,6 +159,13 @@ class Builder:
                     "TLS を無効にする場合は証明書の設定を書けません",
                     "TLS is disabled, so cert_file, key_file and self_signed must not be set",
                 )
+            if section.get("client_certificates") == "optional":
+                # A proxy in front terminates TLS: no client certificate ever reaches us.
+                self.problem(
+                    ("tls", "client_certificates"),
+                    "TLS を無効にするとクライアント証明書は使えません",
+                    "client certificates need TLS on this listener (enabled: false)",
+                )
             return TLSSettings(enabled=False)
         if self_signed and (cert or key):
             self.problem(
@@ -184,11 +191,25 @@ class Builder:
                         f"ファイル {path} がありません",
                         f"file {path} does not exist",
                     )
+        mode = section.get("client_certificates", "off")
+        client_certificates = "optional" if mode == "optional" else "off"
+        ca_dir = section.get("client_ca_dir")
+        client_ca_dir = self.path_value(ca_dir) if isinstance(ca_dir, str) and ca_dir else None
+        if client_certificates == "optional" and client_ca_dir is not None:
+            for name in ("root.pem", "intermediate.pem"):
+                if not (Path(client_ca_dir) / name).is_file():
+                    self.problem(
+                        ("tls", "client_ca_dir"),
+                        f"{client_ca_dir} に {name} がありません（sekisho ca init で作成）",
+                        f"{name} is missing in {client_ca_dir} (create it with sekisho ca init)",
+                    )
         return TLSSettings(
             enabled=True,
             cert_file=resolved["cert_file"],
             key_file=resolved["key_file"],
             self_signed=self_signed,
+            client_certificates=client_certificates,
+            client_ca_dir=client_ca_dir,
         )
 
     def trusted_proxies(self) -> tuple[IPNetwork, ...]:

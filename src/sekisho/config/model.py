@@ -61,6 +61,10 @@ class TLSSettings:
     cert_file: str | None = None
     key_file: str | None = None
     self_signed: bool = False
+    # "optional": ask browsers for a certificate, verify it against the internal CA, and
+    # connect those without one too (they simply carry no device facts).
+    client_certificates: str = "off"
+    client_ca_dir: str | None = None  # None: <server.data_dir>/ca
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from sekisho.gateway.mtls import ClientCertificate, peer_certificate
+
 if TYPE_CHECKING:
     from sekisho.gateway.server import Gateway
 
@@ -126,6 +128,8 @@ class ClientConnection(asyncio.Protocol):
         self.limits: ConnLimits = gateway.limits()
         self._tick = min(self.limits.header_timeout, self.limits.idle_timeout)
         self.task: asyncio.Task[None] | None = None
+        # The verified client certificate (mTLS), read once: it cannot change on a connection.
+        self.certificate: ClientCertificate | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -136,6 +140,7 @@ class ClientConnection(asyncio.Protocol):
             with contextlib.suppress(ValueError):
                 self.peer = ipaddress.ip_address(peer[0])
                 self.peer_text = str(self.peer)
+        self.certificate = peer_certificate(transport.get_extra_info("ssl_object"))
         high = BUFFER_HIGH
         transport.set_write_buffer_limits(high=high)  # type: ignore[attr-defined]
         self.gateway.connections.add(self)

@@ -12,10 +12,13 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 from urllib.parse import quote
 
 from sekisho.config.model import Route
+from sekisho.devices.trust import NOT_ENROLLED, DeviceStanding, DeviceTrust
 from sekisho.errors import StorageError
+from sekisho.gateway.mtls import ClientCertificate
 from sekisho.identity.principal import SessionInfo
 from sekisho.policy import Decision, Facts, Policy, evaluate
 from sekisho.services import SessionLookup
@@ -71,6 +74,9 @@ async def decide(
     host: str,
     now: float,
     holidays: frozenset[date] = frozenset(),
+    certificate: ClientCertificate | None = None,
+    devices: DeviceTrust | None = None,
+    device_ttl: float = 1.0,
 ) -> Verdict:
     try:
         session = await find_session(sessions, token)
@@ -82,6 +88,17 @@ async def decide(
         return Verdict(STORAGE_DENY, None, 503)
     if policy is None:
         return Verdict(POLICY_DENY, session, 503)
+    device = certificate.device if certificate is not None else None
+    standing = NOT_ENROLLED
+    if device is not None and devices is not None:
+        try:
+            standing = await devices.standing(device, device_ttl)
+        except StorageError:
+            log.warning("device registry unavailable: denying (fail closed)")
+            return Verdict(STORAGE_DENY, session, 503)
+        except Exception:
+            log.exception("device lookup failed: denying (fail closed)")
+            return Verdict(STORAGE_DENY, session, 503)
     try:
         facts = Facts(
             authenticated=session is not None,
@@ -99,6 +116,7 @@ async def decide(
             auth_time=session.last_proof if session else None,
             idp=session.idp if session else "",
             holidays=holidays,
+            **_device_facts(certificate, standing),
         )
         decision = evaluate(facts, policy)
         if not isinstance(decision, Decision) or decision.allow is not True:
@@ -108,6 +126,24 @@ async def decide(
     except Exception:
         log.exception("policy evaluation failed: denying (fail closed)")
         return Verdict(POLICY_DENY, session, 503)
+
+
+def _device_facts(certificate: ClientCertificate | None,
+                  standing: DeviceStanding) -> dict[str, Any]:
+    """Device and certificate facts. The certificate's issuer and names are passed on only
+    while the registry lists its device as enrolled: a suspended or revoked certificate must
+    not satisfy `client_certificate` either."""
+    if certificate is None or certificate.device is None:
+        return {}
+    if not standing.enrolled:
+        return {"device_id": certificate.device.device_id}
+    return {
+        "device_id": certificate.device.device_id,
+        "device_enrolled": True,
+        "device_user": standing.user,
+        "client_certificate_issuer": certificate.issuer,
+        "client_certificate_sans": certificate.sans,
+    }
 
 
 def needs_step_up(verdict: Verdict) -> bool:

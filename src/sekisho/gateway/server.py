@@ -20,6 +20,7 @@ from typing import Any
 
 from sekisho.audit.events import AccessDecision
 from sekisho.config.model import ListenAddress, Route
+from sekisho.devices.trust import DeviceTrust
 from sekisho.gateway.assertion import AssertionSigner
 from sekisho.gateway.connection import ClientConnection, ConnLimits, Exchange
 from sekisho.gateway.headers import (
@@ -77,12 +78,14 @@ class Gateway:
         *,
         clock: Callable[[], float] = time.time,
         upstream_ssl: ssl_module.SSLContext | None = None,
+        devices: DeviceTrust | None = None,
     ) -> None:
         self.current = current
         self.sessions = sessions
         self.audit = audit
         self.keyring = keyring
         self.handlers = handlers
+        self.devices = devices  # the registry behind client certificates (mTLS); None: off
         self.clock = clock
         self.pool = UpstreamPool(upstream_ssl)
         self.signer = AssertionSigner(keyring, clock)
@@ -291,6 +294,8 @@ class Gateway:
             sessions=self.sessions, token=token, policy=runtime.policies.get(route.policy),
             route=route, client_ip=client_ip, method=exchange.method, path=target.path,
             host=host, now=self.clock(), holidays=config.holidays,
+            certificate=conn.certificate, devices=self.devices,
+            device_ttl=config.session.cache_ttl,
         )
         if verdict.decision.allow and not getattr(self.audit, "healthy", True):
             verdict = Verdict(AUDIT_DENY, verdict.session, 503)  # cannot audit: deny

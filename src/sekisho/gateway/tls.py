@@ -25,7 +25,10 @@ CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 DEFAULT_HOSTS = ("localhost", "*.localhost", "127.0.0.1")
 
 
-def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+def server_context(cert_file: str, key_file: str, *,
+                   client_ca_dir: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
+    """The listener's context; with `client_ca_dir`, client certificates are asked for
+    (optional) and verified against that internal CA."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(CIPHERS)
@@ -38,7 +41,35 @@ def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
             f"TLS 証明書または鍵を読み込めません / cannot load the TLS certificate or key "
             f"({cert_file}, {key_file}): {type(exc).__name__}"
         ) from None
+    if client_ca_dir is not None:
+        request_client_certificates(context, client_ca_dir)
     return context
+
+
+def request_client_certificates(context: ssl.SSLContext,
+                                ca_dir: str | os.PathLike[str]) -> None:
+    """Ask for a client certificate (optional) and trust only the internal CA for it.
+
+    The root is the only trust anchor; the intermediate sits in the same store so a client
+    that sends only its leaf (most browsers with a PKCS#12 import do send the chain, some
+    do not) still chains up. PARTIAL_CHAIN stays off: otherwise the intermediate alone
+    would be an anchor, and a certificate chaining to it but not to the root would pass.
+    A presented certificate that does not verify fails the handshake; OpenSSL also checks
+    validity dates and the clientAuth purpose. Revocation is the registry's job, per request.
+    """
+    directory = Path(ca_dir)
+    try:
+        bundle = b"".join((directory / name).read_bytes()
+                          for name in ("root.pem", "intermediate.pem"))
+        context.load_verify_locations(cadata=bundle.decode("ascii"))
+    except (OSError, ssl.SSLError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(
+            f"クライアント証明書の CA を読み込めません (sekisho ca init を実行してください) / "
+            f"cannot load the client certificate CA from {directory} (run sekisho ca init): "
+            f"{type(exc).__name__}"
+        ) from None
+    context.verify_flags &= ~ssl.VERIFY_X509_PARTIAL_CHAIN
+    context.verify_mode = ssl.CERT_OPTIONAL
 
 
 def _valid(cert_path: Path, hosts: Sequence[str]) -> bool:

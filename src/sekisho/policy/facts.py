@@ -33,6 +33,14 @@ class Facts:
     # Public holidays as local calendar dates (the `time` criterion's timezone), supplied by
     # the gateway from the configured holiday list; empty means "no holiday is known".
     holidays: frozenset[date] = frozenset()
+    # From a client certificate verified against the internal CA (mTLS) and the device
+    # registry. The certificate facts are only filled while the registry lists the device
+    # as active with that very certificate; a suspended or revoked one carries none.
+    device_id: str = ""  # "" when no Sekisho device certificate was presented
+    device_enrolled: bool = False  # active in the registry, serial matching
+    device_user: str = ""  # the user the device is enrolled to (registry)
+    client_certificate_issuer: str = ""  # RFC 4514 issuer name
+    client_certificate_sans: frozenset[str] = frozenset()  # URI, DNS, e-mail, IP as text
 
 
 @dataclass(frozen=True, slots=True)

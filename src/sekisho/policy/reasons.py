@@ -96,6 +96,24 @@ REASONS: Mapping[str, tuple[str, str]] = MappingProxyType(
             "この日時 (曜日・時間帯・期間・祝日) のアクセスは許可されていません",
             "Access is not permitted at this time (weekday, hours, dates or holiday)",
         ),
+        "device-authorized": (
+            "登録済みの許可された端末です",
+            "The device is enrolled and permitted",
+        ),
+        "device-unauthorized": (
+            "登録済みの許可された端末ではありません (端末証明書がない、停止・失効済み、"
+            "または別の利用者の端末)",
+            "The device is not an enrolled, permitted device (no device certificate, "
+            "suspended or revoked, or another user's device)",
+        ),
+        "client-certificate-authorized": (
+            "クライアント証明書が許可されています",
+            "The client certificate is permitted",
+        ),
+        "client-certificate-unauthorized": (
+            "許可されたクライアント証明書が提示されていません",
+            "No permitted client certificate was presented",
+        ),
         "storage-unavailable": (
             "認証情報を確認できないため拒否しました (データベースに接続できません)",
             "Denied because the session could not be checked (storage unavailable)",

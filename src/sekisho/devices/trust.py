@@ -1,0 +1,86 @@
+"""Whether a device certificate still stands: the registry behind mTLS, cached per process.
+
+The TLS handshake proves the certificate chained to the internal CA and is within its
+validity; it cannot know that an administrator suspended or revoked the device afterwards.
+So every request asks the registry, through a small cache whose entries live at most
+`ttl` seconds (the gateway passes `session.cache_ttl`): that is the longest a suspension
+or revocation made by another process (the CLI, another worker) takes to be seen here.
+
+`standing()` is the pure rule: enrolled only when the registry lists the device as active,
+with the same certificate serial (an older certificate of a re-enrolled device, or one
+whose serial was swapped, is not enrolled), still within its validity, for the same user
+the certificate names. Storage work runs in a thread; a failure raises `StorageError` and
+the gateway denies with 503 (fail closed), never "enrolled".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+
+from sekisho.devices.identity import DeviceIdentity
+from sekisho.storage import devices as store
+from sekisho.storage.devices import DeviceRecord
+
+CACHE_MAX = 10_000  # devices remembered; past it the cache starts over (only more lookups)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStanding:
+    """What the registry says about a presented device certificate."""
+
+    enrolled: bool
+    user: str = ""  # the user the device is enrolled to; "" when not enrolled
+
+
+NOT_ENROLLED = DeviceStanding(False)
+
+
+def standing(identity: DeviceIdentity, record: DeviceRecord | None,
+             now: datetime) -> DeviceStanding:
+    """The pure rule (see the module docstring)."""
+    if record is None or record.status != "active" or record.device_id != identity.device_id:
+        return NOT_ENROLLED
+    try:
+        serial = int(record.cert_serial, 16)
+    except ValueError:
+        return NOT_ENROLLED
+    if serial != identity.serial or now >= record.cert_not_after:
+        return NOT_ENROLLED
+    if identity.user is not None and identity.user != record.username:
+        return NOT_ENROLLED
+    return DeviceStanding(True, record.username)
+
+
+class DeviceTrust:
+    """Registry lookups for the gateway, cached for at most `ttl` seconds per device."""
+
+    def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._cache: dict[str, tuple[float, DeviceRecord | None]] = {}
+
+    async def standing(self, identity: DeviceIdentity, ttl: float) -> DeviceStanding:
+        """Raises `StorageError` when the registry cannot answer (the caller fails closed)."""
+        now = self._clock()
+        cached = self._cache.get(identity.device_id)
+        if cached is not None and 0 <= now - cached[0] < ttl:
+            record = cached[1]
+        else:
+            record = await asyncio.to_thread(store.get_device, self._engine, identity.device_id)
+            if ttl > 0:
+                if len(self._cache) >= CACHE_MAX:
+                    self._cache.clear()
+                self._cache[identity.device_id] = (now, record)
+        return standing(identity, record, self._wall_clock())
+
+    def evict(self, device_id: str) -> None:
+        """Forget one device at once (a change made through this process)."""
+        self._cache.pop(device_id, None)
