@@ -196,17 +196,18 @@ async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_rel
     sessions = SessionManager(engine, config.session)
     keyring = KeyRing(SigningKeyRepository(engine))
     keyring.ensure()
-    handlers = build_signin_handlers(
-        current_config=lambda: holder.get().config,
-        engine=engine,
-        sessions=sessions,
-        audit=audit,
-    )
     devices = None
     if config.tls.enabled and config.tls.client_certificates == "optional":
         from sekisho.devices.trust import DeviceTrust
 
         devices = DeviceTrust(engine)
+    handlers = build_signin_handlers(
+        current_config=lambda: holder.get().config,
+        engine=engine,
+        sessions=sessions,
+        audit=audit,
+        device_trust=devices,
+    )
     gateway = Gateway(holder.get, sessions, audit, keyring, handlers, devices=devices)
     ssl_context = server_ssl_context(config)
     await gateway.start(config.server.listen, ssl_context, reuse_port=reuse_port)

@@ -140,6 +140,18 @@ CASES: list[tuple[str, Any, dict[str, Any], bool]] = [
     ("device", {"enrolled": True}, {**_DEVICE, "device_user": "sato"}, False),
     ("device", {"enrolled": True}, {**_DEVICE, "authenticated": False, "user": None}, True),
     ("device", {"enrolled": True}, {**_DEVICE, "device_user": ""}, True),
+    # Posture profiles: a byod device is not managed; list every profile you accept.
+    ("device", {"profile": "managed"}, {**_DEVICE, "device_profile": "managed"}, True),
+    ("device", {"profile": "managed"}, {**_DEVICE, "device_profile": "byod"}, False),
+    ("device", {"profile": ["managed", "byod"]}, {**_DEVICE, "device_profile": "byod"}, True),
+    ("device", {"profile": "byod"}, {**_DEVICE, "device_profile": "managed"}, False),
+    ("device", {"profile": "managed"}, {**_DEVICE, "device_profile": "quarantine"}, False),
+    ("device", {"profile": "managed"}, {**_DEVICE, "device_profile": ""}, False),
+    # A profile alone still needs an enrolled device (a revoked one carries no profile).
+    ("device", {"profile": "managed"}, {**_DEVICE, "device_enrolled": False,
+                                        "device_profile": "managed"}, False),
+    ("device", {"enrolled": True, "profile": ["managed"], "id": "dev-1"},
+     {**_DEVICE, "device_profile": "managed", "device_user": "sato"}, False),
     ("client_certificate", {"issuer": _ISSUER}, _DEVICE, True),
     ("client_certificate", {"issuer": "CN=Other CA"}, _DEVICE, False),
     ("client_certificate", {"san": ["urn:sekisho:inventory:PC-0042"]}, _DEVICE, True),
@@ -185,3 +197,12 @@ def test_criterion_metadata(name: str) -> None:
     criterion = CRITERIA[name]
     assert criterion.name == name
     assert criterion.summary_ja and criterion.summary_en
+
+
+def test_a_managed_only_policy_denies_a_byod_device(make_facts: MakeFacts) -> None:
+    policy = compile_policy("t", {"allow": {"and": [{"user": "tanaka"},
+                                                    {"device": {"profile": "managed"}}]}})
+    byod = evaluate(make_facts(**_DEVICE, device_profile="byod"), policy)
+    assert not byod.allow and "device-unauthorized" in byod.reasons
+    managed = evaluate(make_facts(**_DEVICE, device_profile="managed"), policy)
+    assert managed.allow and "device-authorized" in managed.reasons

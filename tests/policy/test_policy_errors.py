@@ -141,6 +141,8 @@ CASES: list[tuple[Any, tuple[str | int, ...], str]] = [
     (_allow({"device": {"posture": "x"}}), ("allow", "and", 0, "device", "posture"),
      "unknown key"),
     (_allow({"device": {"id": []}}), ("allow", "and", 0, "device", "id"), "empty list"),
+    (_allow({"device": {"profile": []}}), ("allow", "and", 0, "device", "profile"),
+     "empty list"),
     (_allow({"client_certificate": "CN=x"}), ("allow", "and", 0, "client_certificate"),
      "mapping"),
     (_allow({"client_certificate": {"subject": "x"}}),

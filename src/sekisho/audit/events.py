@@ -332,3 +332,41 @@ class DeviceStatusChanged(AuditEvent):
     @property
     def actor(self) -> str:
         return self.admin
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCompromised(AuditEvent):
+    """An EDR product reported a device compromised: it was suspended and its user signed out."""
+
+    event_type: ClassVar[str] = "device.compromised"
+
+    device: str
+    user: str  # the device's owner, whose sessions were all revoked
+    reason: str  # "edr:<reason given by the EDR product>"
+    event_id: str  # the EDR product's event id (single use)
+    sessions_revoked: int
+    source_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class EdrHookRefused(AuditEvent):
+    """A call to the EDR webhook was refused before any action (signature, time, request)."""
+
+    event_type: ClassVar[str] = "device.edr_refused"
+
+    reason: str  # "signature-invalid" | "timestamp-invalid" | "request-invalid" | ...
+    source_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class PostureReported(AuditEvent):
+    """A device sent a signed posture report; it was verified, stored and classified."""
+
+    event_type: ClassVar[str] = "device.posture"
+
+    device: str
+    user: str  # the device's owner
+    profile: str  # the profile the report earns ("quarantine" when none passes)
+    failed: str  # failed checks of the best profile, comma-separated ("" when it passed)
+    os: str  # OS name and version from the report
+    source_ip: str

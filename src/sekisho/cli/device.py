@@ -2,7 +2,8 @@
 
 Admin commands work on the database like `sekisho user`; every change is appended to the
 audit chain. `enroll` runs on the device itself and needs no database: it makes the key
-locally, sends a CSR to the gateway and stores the result (see `devices.client`).
+locally, sends a CSR to the gateway and stores the result (see `devices.client`); `report`
+also runs on the device and sends a signed posture report (see `devices.reporter`).
 """
 
 from __future__ import annotations
@@ -76,6 +77,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="PKCS#12 のパスワードのファイル / file with the PKCS#12 password "
                              "(default: prompt)")
     enroll.set_defaults(handler=run_enroll)
+
+    report = commands.add_parser("report", help="端末の状態を報告 (端末で定期実行) / send a "
+                                 "signed posture report (run on the device, scheduled)")
+    report.add_argument("--gateway", required=True, help="https://ゲートウェイ / gateway URL")
+    report.add_argument("--dir", default=str(Path("~/.sekisho/device")),
+                        help="登録済みの鍵と証明書 / enrolled key and certificate "
+                             "(default ~/.sekisho/device)")
+    report.add_argument("--cafile", default=None,
+                        help="ゲートウェイの TLS を検証する CA / CA file for the gateway's TLS")
+    report.add_argument("--insecure", action="store_true",
+                        help="TLS 検証なし (127.0.0.1 のみ) / no TLS verification (loopback only)")
+    report.add_argument("--edr-process", action="append", default=None, metavar="NAME",
+                        help="ウイルス対策・EDR のプロセス名 (複数可) / antivirus or EDR process "
+                             "name (repeatable; default: clamd, falcon-sensor, mdatp, …)")
+    report.add_argument("--json", action="store_true", help="報告と応答を JSON で表示 / print "
+                        "the report and the answer as JSON")
+    report.set_defaults(handler=run_report)
 
 
 def run_code(args: argparse.Namespace) -> int:
@@ -166,6 +184,22 @@ def run_enroll(args: argparse.Namespace) -> int:
     print(INSTRUCTIONS.format(device_id=result.device_id, key=result.key,
                               certificate=result.certificate, chain=result.chain,
                               pkcs12=result.pkcs12))
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from sekisho.devices.collect import DEFAULT_EDR_PROCESSES
+    from sekisho.devices.reporter import send_report
+
+    sent, answer = send_report(
+        args.gateway, directory=Path(args.dir).expanduser(), cafile=args.cafile,
+        insecure=args.insecure, edr_processes=tuple(args.edr_process or DEFAULT_EDR_PROCESSES))
+    if args.json:
+        print(json.dumps({"report": sent, "answer": answer}, ensure_ascii=False, indent=2))
+        return 0
+    failed = ", ".join(answer.get("failed_checks", [])) or "-"
+    print(f"報告しました / reported: {answer.get('device_id')} → "
+          f"{answer.get('profile')} (満たさない項目 / failed checks: {failed})")
     return 0
 
 

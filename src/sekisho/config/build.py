@@ -17,8 +17,11 @@ from typing import Any, TypeVar
 from sekisho.config.model import (
     AssertionSettings,
     AuditSettings,
+    DeviceSettings,
+    HookSettings,
     IPNetwork,
     ListenAddress,
+    PostureProfile,
     Secret,
     ServerSettings,
     SessionSettings,
@@ -38,6 +41,8 @@ T = TypeVar("T")
 MAX_CACHE_TTL = 60.0
 MAX_FLUSH_INTERVAL = 1.0  # the documented audit loss window on a hard kill
 MAX_ASSERTION_LIFETIME = 60.0
+MAX_POSTURE_AGE = 86400.0  # a day-old posture report says little about the device now
+MIN_HOOK_SECRET = 32  # characters: a short shared key falls to an offline guess from one request
 _DURATION_FIELDS = {
     "idle_timeout",
     "absolute_lifetime",
@@ -237,6 +242,18 @@ class Builder:
             )
         return secret
 
+    def hooks(self) -> HookSettings:
+        secret = self.secrets.get(("hooks", "edr", "secret"))
+        if secret is not None and len(secret.reveal()) < MIN_HOOK_SECRET:
+            self.problem(
+                ("hooks", "edr", "secret"),
+                f"{MIN_HOOK_SECRET} 文字以上が必要です（{secret.reference}、値は表示しません）",
+                f"must be at least {MIN_HOOK_SECRET} characters ({secret.reference}; "
+                "value not shown)",
+            )
+            secret = None
+        return HookSettings(edr_secret=secret)
+
     def session(self, tls: TLSSettings) -> SessionSettings:
         session = self.settings(SessionSettings, ("session",), self.section("session"))
         if tls.enabled and not session.cookie_name.startswith("__Host-"):
@@ -279,6 +296,38 @@ class Builder:
             self.problem(
                 ("assertion", "lifetime"), "60 秒以下である必要があります", "must be at most 60s"
             )
+
+    def devices(self) -> DeviceSettings:
+        """`devices:` posture settings; profiles keep the file's order (best first)."""
+        section = self.section("devices")
+        default = DeviceSettings()
+        max_age = default.posture_max_age
+        raw = section.get("posture_max_age")
+        if isinstance(raw, int | str) and not isinstance(raw, bool):
+            try:
+                max_age = parse_duration(raw)
+            except Invalid as exc:
+                self.problem(("devices", "posture_max_age"), exc.ja, exc.en)
+            if max_age > MAX_POSTURE_AGE:
+                self.problem(("devices", "posture_max_age"), "1d 以下である必要があります",
+                             "must be at most 1d")
+        profiles: list[PostureProfile] = []
+        raw_profiles = section.get("profiles")
+        for name, body in raw_profiles.items() if isinstance(raw_profiles, Mapping) else ():
+            if not isinstance(body, Mapping):
+                continue
+            within: float | None = None
+            raw_within = body.get("os_updated_within")
+            if isinstance(raw_within, int | str) and not isinstance(raw_within, bool):
+                try:
+                    within = parse_duration(raw_within)
+                except Invalid as exc:
+                    self.problem(("devices", "profiles", str(name), "os_updated_within"),
+                                 exc.ja, exc.en)
+            flags = {key: body.get(key) is True
+                     for key in ("disk_encryption", "firewall", "screen_lock", "edr")}
+            profiles.append(PostureProfile(str(name), within, **flags))
+        return DeviceSettings(posture_max_age=max_age, profiles=tuple(profiles))
 
     def holidays(self) -> frozenset[date]:
         raw = self.data.get("holidays")

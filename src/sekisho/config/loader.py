@@ -112,6 +112,8 @@ def _build(builder: Builder, digest: str) -> Config:
         assertion=assertion,
         mfa=build_mfa(builder),
         webauthn=build_webauthn(builder),
+        devices=builder.devices(),
+        hooks=builder.hooks(),
         policies=MappingProxyType(policies),
         routes=routes,
         identity_providers=identity_providers,

@@ -151,6 +151,13 @@ class WebAuthnSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HookSettings:
+    """Endpoints where other products notify Sekisho (see docs/devices.md)."""
+
+    edr_secret: Secret | None = None  # None: POST /.sekisho/hooks/edr answers 404
+
+
+@dataclass(frozen=True, slots=True)
 class IdentityProvider:
     """An OpenID Connect provider Sekisho trusts for sign-in (see docs/oidc.md)."""
 
@@ -178,6 +185,26 @@ class IdentityProvider:
     # Plain http:// for a 127.0.0.1 / localhost issuer (tests and demos only).
     allow_insecure_http_for_loopback: bool = False
     timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class PostureProfile:
+    """One posture profile (see docs/devices.md); a requirement left None/False is not checked."""
+
+    name: str
+    os_updated_within: float | None = None  # seconds since the last package update
+    disk_encryption: bool = False
+    firewall: bool = False
+    screen_lock: bool = False
+    edr: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSettings:
+    """Device posture: how fresh a report must be, and the profiles, best first."""
+
+    posture_max_age: float = 15 * 60
+    profiles: tuple[PostureProfile, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +238,8 @@ class Config:
     assertion: AssertionSettings = field(default_factory=AssertionSettings)
     mfa: MfaSettings = field(default_factory=MfaSettings)
     webauthn: WebAuthnSettings = field(default_factory=WebAuthnSettings)
+    devices: DeviceSettings = field(default_factory=DeviceSettings)
+    hooks: HookSettings = field(default_factory=HookSettings)
     # Policy name -> the raw policy document ({"allow": ..., "deny": ...}), compiled by policy/.
     policies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()

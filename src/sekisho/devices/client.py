@@ -141,6 +141,11 @@ def _received(data: dict[str, object], key: ec.EllipticCurvePrivateKey
     return cert, chain
 
 
+def tls_verification(cafile: str | None, insecure: bool) -> ssl.SSLContext | bool:
+    """How to verify the gateway's TLS (shared with `devices.reporter`)."""
+    return _tls(cafile, insecure)
+
+
 def _tls(cafile: str | None, insecure: bool) -> ssl.SSLContext | bool:
     if insecure and not cafile:
         return False

@@ -6,6 +6,9 @@ stable code. No session is needed: the one-time code is the credential, so wrong
 throttled per source address (key `enrol-ip:<ip>`) against online guessing. `GET
 /.sekisho/devices/crl.pem` serves the current CRL. The CA is read from `<data_dir>/ca` with
 the passphrase from `$SEKISHO_CA_PASSPHRASE`; without a CA both answer 503 (fail closed).
+`POST /.sekisho/devices/posture` takes a signed posture report `{report, signature,
+certificate}` (checked by `devices.intake`: chain, registry, signature, freshness, nonce) and
+answers `{device_id, profile, failed_checks}`; it needs only the CA certificates, not the key.
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sekisho.devices import enrolment
+from sekisho.audit.events import PostureReported
+from sekisho.devices import enrolment, intake
 from sekisho.devices.ca import CaError, CaPaths, CertificateAuthority, load_ca
 from sekisho.devices.enrolment import EnrolmentError
+from sekisho.devices.posture import PostureError
+from sekisho.errors import StorageError
+from sekisho.storage.posture import PostureReplayed
 from sekisho.web import Handler, Request, Response, json_response
 
 if TYPE_CHECKING:  # extensions.BUILDERS lists this module: no import cycle at run time
@@ -28,6 +35,7 @@ if TYPE_CHECKING:  # extensions.BUILDERS lists this module: no import cycle at r
 
 ENROL_PATH = "/.sekisho/devices/enroll"
 CRL_PATH = "/.sekisho/devices/crl.pem"
+POSTURE_PATH = "/.sekisho/devices/posture"
 PASSPHRASE_ENV = "SEKISHO_CA_PASSPHRASE"  # noqa: S105 (the variable's name, not a secret)
 _MAX_FIELD = 256
 
@@ -64,7 +72,8 @@ class _CaCache:
 def build_handlers(context: IdentityContext) -> Mapping[str, Handler]:
     """The device handlers keyed by exact path (an `extensions.BUILDERS` entry)."""
     endpoints = _DeviceEndpoints(context)
-    return {ENROL_PATH: endpoints.enroll, CRL_PATH: endpoints.crl}
+    return {ENROL_PATH: endpoints.enroll, CRL_PATH: endpoints.crl,
+            POSTURE_PATH: endpoints.posture}
 
 
 def _error(code: str, message: str, status: int,
@@ -123,6 +132,39 @@ class _DeviceEndpoints:
             "device_id": device.device_id, "certificate": cert, "chain": chain,
             "not_after": device.cert_not_after.isoformat(), "user": device.username,
         })
+
+    async def posture(self, request: Request) -> Response:
+        if request.method != "POST":
+            return _error("method-not-allowed", "POST のみ / POST only", 405, (("Allow", "POST"),))
+        content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            return _error("posture-request", "JSON で送ってください / send application/json", 400)
+        ctx = self.ctx
+        config = ctx.current_config()
+        now = ctx.clock()
+        try:
+            accepted = await asyncio.to_thread(
+                intake.accept, ctx.engine, self._ca_dir(), request.body, config.devices, now)
+        except CaError as exc:
+            return _error(exc.code, "端末 CA を使えません / the device CA is unavailable: "
+                          + exc.description, 503)
+        except PostureReplayed as exc:
+            return _error(exc.code, exc.description, 409)
+        except PostureError as exc:
+            return _error(exc.code, exc.description, 400 if exc.code == "posture-request" else 403)
+        except StorageError as exc:
+            return _error(exc.code, exc.description, 503)
+        device, report = accepted.device, accepted.report
+        trust = getattr(ctx, "device_trust", None)
+        if trust is not None:
+            trust.evict(device.device_id)  # this process sees the new profile at once
+        await ctx.audit.append(PostureReported(
+            device=device.device_id, user=device.username, profile=accepted.profile,
+            failed=",".join(accepted.failed),
+            os=f"{report.os_name} {report.os_version}".strip()[:128],
+            source_ip=request.client_ip))
+        return json_response({"device_id": device.device_id, "profile": accepted.profile,
+                              "failed_checks": list(accepted.failed)})
 
     async def crl(self, request: Request) -> Response:
         if request.method not in ("GET", "HEAD"):

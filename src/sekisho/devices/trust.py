@@ -11,11 +11,16 @@ with the same certificate serial (an older certificate of a re-enrolled device, 
 whose serial was swapped, is not enrolled), still within its validity, for the same user
 the certificate names. Storage work runs in a thread; a failure raises `StorageError` and
 the gateway denies with 503 (fail closed), never "enrolled".
+
+An enrolled device also gets its posture profile from its latest stored report, cached with
+the registry row and re-classified on every request against the current time (a report
+that went stale since it was cached turns the device into `quarantine` at once).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,8 +28,11 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
+from sekisho.config.model import DeviceSettings
 from sekisho.devices.identity import DeviceIdentity
+from sekisho.devices.posture import PostureError, PostureReport, classify, parse_report
 from sekisho.storage import devices as store
+from sekisho.storage import posture as posture_store
 from sekisho.storage.devices import DeviceRecord
 
 CACHE_MAX = 10_000  # devices remembered; past it the cache starts over (only more lookups)
@@ -36,13 +44,15 @@ class DeviceStanding:
 
     enrolled: bool
     user: str = ""  # the user the device is enrolled to; "" when not enrolled
+    profile: str = ""  # posture profile ("quarantine" without a fresh report); "" if not enrolled
 
 
 NOT_ENROLLED = DeviceStanding(False)
 
 
-def standing(identity: DeviceIdentity, record: DeviceRecord | None,
-             now: datetime) -> DeviceStanding:
+def standing(identity: DeviceIdentity, record: DeviceRecord | None, now: datetime,
+             report: PostureReport | None = None,
+             settings: DeviceSettings | None = None) -> DeviceStanding:
     """The pure rule (see the module docstring)."""
     if record is None or record.status != "active" or record.device_id != identity.device_id:
         return NOT_ENROLLED
@@ -54,7 +64,22 @@ def standing(identity: DeviceIdentity, record: DeviceRecord | None,
         return NOT_ENROLLED
     if identity.user is not None and identity.user != record.username:
         return NOT_ENROLLED
-    return DeviceStanding(True, record.username)
+    posture = settings if settings is not None else DeviceSettings()
+    if report is not None and report.device_id != record.device_id:
+        report = None  # a row filed under the wrong device says nothing about this one
+    profile, _ = classify(report, posture.profiles, now, posture.posture_max_age)
+    return DeviceStanding(True, record.username, profile)
+
+
+def load_report(engine: Engine, device_id: str) -> PostureReport | None:
+    """The stored latest report, parsed; None when there is none or it no longer parses."""
+    row = posture_store.latest(engine, device_id)
+    if row is None:
+        return None
+    try:
+        return parse_report(json.loads(row.report))
+    except (ValueError, PostureError):
+        return None
 
 
 class DeviceTrust:
@@ -65,21 +90,28 @@ class DeviceTrust:
         self._engine = engine
         self._clock = clock
         self._wall_clock = wall_clock
-        self._cache: dict[str, tuple[float, DeviceRecord | None]] = {}
+        self._cache: dict[str, tuple[float, DeviceRecord | None, PostureReport | None]] = {}
 
-    async def standing(self, identity: DeviceIdentity, ttl: float) -> DeviceStanding:
+    async def standing(self, identity: DeviceIdentity, ttl: float,
+                       settings: DeviceSettings | None = None) -> DeviceStanding:
         """Raises `StorageError` when the registry cannot answer (the caller fails closed)."""
         now = self._clock()
         cached = self._cache.get(identity.device_id)
         if cached is not None and 0 <= now - cached[0] < ttl:
-            record = cached[1]
+            _, record, report = cached
         else:
-            record = await asyncio.to_thread(store.get_device, self._engine, identity.device_id)
+            record, report = await asyncio.to_thread(self._load, identity.device_id)
             if ttl > 0:
                 if len(self._cache) >= CACHE_MAX:
                     self._cache.clear()
-                self._cache[identity.device_id] = (now, record)
-        return standing(identity, record, self._wall_clock())
+                self._cache[identity.device_id] = (now, record, report)
+        return standing(identity, record, self._wall_clock(), report, settings)
+
+    def _load(self, device_id: str) -> tuple[DeviceRecord | None, PostureReport | None]:
+        record = store.get_device(self._engine, device_id)
+        if record is None or record.status != "active":
+            return record, None
+        return record, load_report(self._engine, device_id)
 
     def evict(self, device_id: str) -> None:
         """Forget one device at once (a change made through this process)."""

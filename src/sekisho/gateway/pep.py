@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import quote
 
-from sekisho.config.model import Route
+from sekisho.config.model import DeviceSettings, Route
 from sekisho.devices.trust import NOT_ENROLLED, DeviceStanding, DeviceTrust
 from sekisho.errors import StorageError
 from sekisho.gateway.mtls import ClientCertificate
@@ -77,6 +77,7 @@ async def decide(
     certificate: ClientCertificate | None = None,
     devices: DeviceTrust | None = None,
     device_ttl: float = 1.0,
+    posture: DeviceSettings | None = None,
 ) -> Verdict:
     try:
         session = await find_session(sessions, token)
@@ -92,7 +93,7 @@ async def decide(
     standing = NOT_ENROLLED
     if device is not None and devices is not None:
         try:
-            standing = await devices.standing(device, device_ttl)
+            standing = await devices.standing(device, device_ttl, posture)
         except StorageError:
             log.warning("device registry unavailable: denying (fail closed)")
             return Verdict(STORAGE_DENY, session, 503)
@@ -141,6 +142,7 @@ def _device_facts(certificate: ClientCertificate | None,
         "device_id": certificate.device.device_id,
         "device_enrolled": True,
         "device_user": standing.user,
+        "device_profile": standing.profile,
         "client_certificate_issuer": certificate.issuer,
         "client_certificate_sans": certificate.sans,
     }

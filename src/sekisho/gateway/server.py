@@ -295,7 +295,7 @@ class Gateway:
             route=route, client_ip=client_ip, method=exchange.method, path=target.path,
             host=host, now=self.clock(), holidays=config.holidays,
             certificate=conn.certificate, devices=self.devices,
-            device_ttl=config.session.cache_ttl,
+            device_ttl=config.session.cache_ttl, posture=config.devices,
         )
         if verdict.decision.allow and not getattr(self.audit, "healthy", True):
             verdict = Verdict(AUDIT_DENY, verdict.session, 503)  # cannot audit: deny

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
@@ -21,6 +22,9 @@ from sekisho.identity.sessions import SessionManager
 from sekisho.identity.throttle import Throttle
 from sekisho.services import AuditSink
 from sekisho.web import Handler
+
+if TYPE_CHECKING:
+    from sekisho.devices.trust import DeviceTrust
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +37,7 @@ class IdentityContext:
     pages: PageKit  # rendering (ja/en catalogs), CSRF issue/verify, message pages
     flows: SignInFlows  # after_primary / pending / complete / step_up
     throttle: Throttle
+    device_trust: DeviceTrust | None = None  # the gateway's mTLS registry cache, when on
 
 
 HandlerBuilder = Callable[[IdentityContext], Mapping[str, Handler]]
@@ -41,10 +46,12 @@ HandlerBuilder = Callable[[IdentityContext], Mapping[str, Handler]]
 # The MFA pages (TOTP, recovery codes, step-up) are added by `signin.build_signin_handlers`.
 def _builtin() -> tuple[HandlerBuilder, ...]:
     # Imported here: the methods import this module for IdentityContext.
+    from sekisho.devices import edr
     from sekisho.devices import handlers as devices
     from sekisho.identity import oidc, passkey_pages
 
-    return (oidc.build_handlers, passkey_pages.build_handlers, devices.build_handlers)
+    return (oidc.build_handlers, passkey_pages.build_handlers, devices.build_handlers,
+            edr.build_handlers)
 
 
 BUILDERS: tuple[HandlerBuilder, ...] = _builtin()

@@ -178,6 +178,12 @@ class SessionManager:
         with self._lock:
             self._cache.pop(session_id, None)
 
+    def evict(self, session_ids: Iterable[str]) -> None:
+        """Forget sessions revoked in storage by someone else's transaction (EDR webhook)."""
+        with self._lock:
+            for session_id in session_ids:
+                self._cache.pop(session_id, None)
+
     def _evict_all(self) -> None:
         with self._lock:
             self._cache.clear()

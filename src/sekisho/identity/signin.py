@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
@@ -50,6 +51,9 @@ from sekisho.services import AuditSink
 from sekisho.storage import users
 from sekisho.storage.secrets_store import get_or_create_secret
 from sekisho.web import Handler, Request, Response
+
+if TYPE_CHECKING:
+    from sekisho.devices.trust import DeviceTrust
 
 SIGNIN, SIGNOUT = PREFIX + "/signin", PREFIX + "/signout"
 _MAX_NAME = 128
@@ -191,7 +195,7 @@ def build_signin_handlers(
     *, current_config: Callable[[], Config], engine: Engine, sessions: SessionManager,
     audit: AuditSink, clock: Callable[[], datetime] | None = None,
     hasher: PasswordHasher | None = None, csrf: CsrfProtector | None = None,
-    builders: Iterable[HandlerBuilder] | None = None,
+    builders: Iterable[HandlerBuilder] | None = None, device_trust: DeviceTrust | None = None,
 ) -> dict[str, Handler]:
     """Every identity handler keyed by exact path (password, MFA, and `extensions.BUILDERS`).
 
@@ -218,7 +222,8 @@ def build_signin_handlers(
         **SecurityPage(mfa_ctx, mfa).handlers()}
     context = IdentityContext(current_config=current_config, engine=engine,
                               sessions=sessions, audit=audit, clock=clock, pages=kit,
-                              flows=flows, throttle=pages.throttle)
+                              flows=flows, throttle=pages.throttle,
+                              device_trust=device_trust)
     for build in (extensions.BUILDERS if builders is None else builders):
         for path, handler in build(context).items():
             if path in handlers:

@@ -39,6 +39,9 @@ class Facts:
     device_id: str = ""  # "" when no Sekisho device certificate was presented
     device_enrolled: bool = False  # active in the registry, serial matching
     device_user: str = ""  # the user the device is enrolled to (registry)
+    # Posture profile from the device's latest fresh signed report ("quarantine" when it has
+    # none, a stale one, or passes no profile); "" when the device is not enrolled.
+    device_profile: str = ""
     client_certificate_issuer: str = ""  # RFC 4514 issuer name
     client_certificate_sans: frozenset[str] = frozenset()  # URI, DNS, e-mail, IP as text
 

@@ -102,9 +102,10 @@ REASONS: Mapping[str, tuple[str, str]] = MappingProxyType(
         ),
         "device-unauthorized": (
             "登録済みの許可された端末ではありません (端末証明書がない、停止・失効済み、"
-            "または別の利用者の端末)",
+            "別の利用者の端末、または端末の状態がプロファイルを満たさない)",
             "The device is not an enrolled, permitted device (no device certificate, "
-            "suspended or revoked, or another user's device)",
+            "suspended or revoked, another user's device, or its posture does not meet "
+            "the profile)",
         ),
         "client-certificate-authorized": (
             "クライアント証明書が許可されています",

@@ -249,3 +249,46 @@ class EnrolmentCode(Base):
     expires_at: Mapped[datetime] = mapped_column(UTC)
     used_at: Mapped[datetime | None] = mapped_column(UTC, nullable=True)
     device_id: Mapped[str] = mapped_column(String(64), default="")
+
+
+class EdrEvent(Base):
+    """An EDR webhook event already acted on, by the sender's event id (migration 0007).
+
+    The primary key makes each `event_id` single use: a replayed or re-delivered
+    notification finds its row and causes no second action.
+    """
+
+    __tablename__ = "edr_events"
+
+    event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(UTC)
+
+
+class DevicePosture(Base):
+    """The latest verified posture report of each device (migration 0008).
+
+    `report` is the signed report's canonical JSON; `reported_at` is the time inside it,
+    which only ever moves forward (an older report cannot replace a newer one).
+    """
+
+    __tablename__ = "device_posture"
+
+    # No foreign key: device ids are random and never reused, and the device tables'
+    # migration (0006) must stay reversible on its own.
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reported_at: Mapped[datetime] = mapped_column(UTC)
+    received_at: Mapped[datetime] = mapped_column(UTC)
+    report: Mapped[str] = mapped_column(Text)
+    profile: Mapped[str] = mapped_column(String(64), default="")  # at receipt, for listings
+
+
+class PostureNonce(Base):
+    """Nonces of accepted posture reports, kept until the report could no longer be fresh
+    (migration 0008); the primary key makes each nonce single use (report replay)."""
+
+    __tablename__ = "posture_nonces"
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTC, index=True)

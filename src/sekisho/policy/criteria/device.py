@@ -1,4 +1,4 @@
-"""`device: {enrolled: true, id: ID | [IDS]}` — the request comes from an enrolled device.
+"""`device: {enrolled: true, id: ID | [IDS], profile: P | [PS]}` — an enrolled device.
 
 The gateway fills the device facts from a client certificate that chained to the internal
 CA, and marks the device enrolled only while the registry lists it as active with that very
@@ -8,6 +8,10 @@ A device certificate vouches for the device, not for whoever uses it: when both 
 user and the signed-in user are known they must be the same person. Otherwise a device
 certificate stolen from (or lent by) one employee would lend its trust to another account —
 the confused-deputy attack on device trust.
+
+`profile` lists the posture profiles accepted (docs/devices.md). The gateway computes the
+profile from the device's latest fresh signed report; a device failing its profile's checks
+already carries the lower class (or `quarantine`), so `profile: managed` never admits it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from sekisho.policy.criteria._base import Criterion, Predicate, expect, string_l
 from sekisho.policy.errors import Path
 from sekisho.policy.facts import Facts
 
-KEYS = ("enrolled", "id")
+KEYS = ("enrolled", "id", "profile")
 
 
 def _compile(argument: Any, path: Path) -> Predicate:
@@ -49,11 +53,17 @@ def _compile(argument: Any, path: Path) -> Predicate:
     ids: frozenset[str] | None = None
     if "id" in argument:
         ids = frozenset(string_list(argument["id"], (*path, "id"), "a device id", "端末 ID"))
+    profiles: frozenset[str] | None = None
+    if "profile" in argument:
+        profiles = frozenset(string_list(argument["profile"], (*path, "profile"),
+                                         "a posture profile", "プロファイル名"))
 
     def device(facts: Facts) -> bool:
         if facts.device_enrolled is not True or not facts.device_id:
             return False
         if ids is not None and facts.device_id not in ids:
+            return False
+        if profiles is not None and facts.device_profile not in profiles:
             return False
         # A stolen device certificate must not vouch for another account (see module doc).
         return not (facts.authenticated and facts.user and facts.device_user
@@ -66,9 +76,9 @@ CRITERION = Criterion(
     name="device",
     passed_reason="device-authorized",
     failed_reason="device-unauthorized",
-    summary_ja="登録済みで有効な端末 (id を指定したときはその端末) から、その端末の利用者本人が"
-               "使っていれば一致します。",
-    summary_en="Matches a request from an enrolled, active device (one listed, with id) used "
-               "by the user it is enrolled to.",
+    summary_ja="登録済みで有効な端末 (id を指定したときはその端末、profile を指定したときは"
+               "そのプロファイルの端末) から、その端末の利用者本人が使っていれば一致します。",
+    summary_en="Matches a request from an enrolled, active device (one listed, with id; of a "
+               "listed posture profile, with profile) used by the user it is enrolled to.",
     compile=_compile,
 )
