@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from sekisho.config.model import Config
+from sekisho.config.model import Config, Route
 from sekisho.errors import ConfigError
 from sekisho.gateway.routing import RouteTable
 from sekisho.policy import Policy, PolicyError, compile_policy
@@ -23,6 +23,10 @@ class Runtime:
     routes: RouteTable
     policies: Mapping[str, Policy]
     digest: str = ""
+
+    def policy_for(self, route: Route) -> Policy | None:
+        """The compiled policy that decides requests to `route` (None: fail closed)."""
+        return self.policies.get(route.policy)
 
 
 def build_runtime(config: Config, digest: str = "") -> Runtime:

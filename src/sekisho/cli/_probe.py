@@ -195,5 +195,6 @@ def decide(runtime: Runtime, probe: Probe) -> Result:
         idp=probe.idp,
         holidays=runtime.config.holidays,
     )
-    policy = runtime.policies[route.policy]
+    policy = runtime.policy_for(route)
+    assert policy is not None  # build_runtime refuses a route without its policy
     return Result(probe.host, path, route, facts, explain(facts, policy))

@@ -291,7 +291,7 @@ class Gateway:
         self._constants(runtime)
         token = cookie_value(exchange.headers, self._cookie_name)
         verdict = await decide(
-            sessions=self.sessions, token=token, policy=runtime.policies.get(route.policy),
+            sessions=self.sessions, token=token, policy=runtime.policy_for(route),
             route=route, client_ip=client_ip, method=exchange.method, path=target.path,
             host=host, now=self.clock(), holidays=config.holidays,
             certificate=conn.certificate, devices=self.devices,
