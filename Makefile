@@ -19,7 +19,8 @@ test: $(STAMP)  ## run the whole test suite
 	scripts/test-deps
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)  ## benchmarks: proxy vs nginx/Caddy (wrk), PDP vs cedarpy, audit append
+bench: $(STAMP)  ## benchmarks: proxy vs nginx/Caddy (wrk), PDP vs cedarpy, mTLS, audit append
+	VENV=$(VENV) scripts/bench-deps
 	$(BIN)/python bench/run.py
 
 lint: $(STAMP)

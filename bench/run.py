@@ -1,7 +1,10 @@
 """`make bench`: every benchmark, each against its reference measured in the same run.
 
-Runs the PDP (vs cedarpy), audit append (vs plain inserts) and proxy (vs direct, nginx and
-Caddy with wrk) benchmarks in turn and writes the combined figures to bench/results/.
+Runs the PDP (vs cedarpy; also with the device, time, segment and client-certificate
+criteria), audit append (vs plain inserts), sign-in factors, proxy (vs direct, nginx and
+Caddy with wrk) and mTLS (handshakes vs plain TLS; keep-alive throughput vs the gateway-core
+baseline through an nginx TLS client) benchmarks in turn and writes the combined figures to
+bench/results/. `scripts/bench-deps` (run by `make bench`) installs wrk, nginx and Caddy.
 Copy the summary into docs/benchmarks.md together with this command.
 """
 
@@ -16,7 +19,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("bench_pdp", "bench_audit", "bench_mfa", "bench_webauthn", "bench_proxy")
+BENCHES = ("bench_pdp", "bench_pdp_device", "bench_audit", "bench_mfa", "bench_webauthn",
+           "bench_proxy", "bench_mtls")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -167,10 +167,12 @@ async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_rel
     from sekisho.audit.relay import RELAY_ENV, AuditRelay
     from sekisho.gateway.keys import KeyRing
     from sekisho.gateway.server import Gateway
+    from sekisho.gateway.watch import LiveConnections
     from sekisho.identity.sessions import SessionManager
     from sekisho.identity.signin import build_signin_handlers
     from sekisho.runtime import build_runtime
     from sekisho.services import AuditSink
+    from sekisho.storage.changes import ChangeWatcher
     from sekisho.storage.keys import SigningKeyRepository
 
     tune_worker_process()
@@ -207,8 +209,15 @@ async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_rel
         sessions=sessions,
         audit=audit,
         device_trust=devices,
+        current_runtime=holder.get,
     )
-    gateway = Gateway(holder.get, sessions, audit, keyring, handlers, devices=devices)
+    # Open WebSockets are decided again on a timer and at once on every change committed by
+    # any process (the change feed) and on reload: revocation reaches them within a second.
+    live = LiveConnections(holder.get, sessions, audit, devices=devices)
+    feed = ChangeWatcher(engine, live.changed, live.resync)
+    feed_task = asyncio.ensure_future(feed.run())
+    gateway = Gateway(holder.get, sessions, audit, keyring, handlers, devices=devices,
+                      watch=live)
     ssl_context = server_ssl_context(config)
     await gateway.start(config.server.listen, ssl_context, reuse_port=reuse_port)
 
@@ -223,6 +232,7 @@ async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_rel
         keyring.reload()
         if reload(launch.config_path, holder, local if audit_reloads else None):
             sessions.update_settings(holder.get().config.session)
+            live.reloaded()
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -236,6 +246,9 @@ async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_rel
     if watcher is not None:
         watcher.cancel()
     log.info("shutting down", extra={"fields": {"pid": os.getpid()}})
+    await asyncio.to_thread(feed.stop)
+    feed_task.cancel()
+    live.close()
     await gateway.close(GRACE_SECONDS)
     if admin_server is not None:
         await admin_server.close()
@@ -353,6 +366,9 @@ def _serve_forked(launch: Launch, workers: int) -> int:
         os.environ[RELAY_ENV] = relay.path
         os.environ[MASTER_PID_ENV] = str(os.getpid())
         holder = RuntimeHolder(_build(launch))
+        # A self-signed certificate is made here, once: workers racing to make their own
+        # would each serve a different one (and a client trusting the file meets the other).
+        server_ssl_context(launch.config)
         children.extend(spawn() for _ in range(workers))
         admin_server = await _start_admin(launch.config, engine, audit,
                                           lambda: keyring.jwks_json)

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 RESERVED_PREFIX = "/.sekisho/"
+PORTAL_PATH = RESERVED_PREFIX + "portal/"  # the staff portal (sekisho.console)
 
 
 @dataclass(slots=True)
@@ -30,6 +31,8 @@ class Request:
     body: bytes = b""
     # Filled by the gateway when a valid session cookie was presented.
     session: Any = None
+    # The connection's verified client certificate (gateway.mtls.ClientCertificate), if any.
+    certificate: Any = None
 
     def header(self, name: str) -> str | None:
         name = name.lower()

@@ -40,18 +40,20 @@ MYNUMBER_POLICY = """
         - mfa: true
         - auth_age: 3s
 """
+# Step-up mechanics only: on `internet`, so the β′ マイナンバー guardrail (designated terminal,
+# managed device; tested in test_demo.py) does not stand in front of them.
 MYNUMBER_ROUTE = """\
   - id: juki
     title: 住民記録
     from: https://wiki.localhost/juki
     to: http://127.0.0.1:{port}
-    segment: mynumber
+    segment: internet
     policy: mynumber-staff
   - id: kokuho
     title: 国保 (3 秒以内の本人確認)
     from: https://wiki.localhost/kokuho
     to: http://127.0.0.1:{port}
-    segment: mynumber
+    segment: internet
     policy: fresh-proof
 """
 EXTRA_CONFIG = """

@@ -29,7 +29,7 @@ def test_example_passes_check_config() -> None:
         env={"SEKISHO_DATABASE_URL": "postgresql://sekisho:pw-123456@db/sekisho"},
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("OK: 4 routes, 3 policies")
+    assert result.stdout.startswith("OK: 5 routes, 3 policies")
     assert "pw-123456" not in result.stdout + result.stderr
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sekisho.config import config_digest, demo_config, load_config, parse_config
-from sekisho.config.model import ListenAddress, Timeouts
+from sekisho.config.model import ListenAddress, ScreenOptions, Timeouts
 from sekisho.config.values import parse_duration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,8 +45,13 @@ def test_example_file_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.session.idle_timeout == 1800.0
     assert config.audit.flush_interval == pytest.approx(0.2)
     assert config.assertion.issuer == "https://gw.city.example.jp"
-    assert [r.id for r in config.routes] == ["wiki", "docs", "admin-tools", "reports"]
-    wiki, docs, tools, reports = config.routes
+    assert [r.id for r in config.routes] == ["wiki", "docs", "desktop", "admin-tools", "reports"]
+    wiki, docs, desktop, tools, reports = config.routes
+    assert (desktop.segment, desktop.mode, desktop.screen) == ("lgwan", "screen", ScreenOptions())
+    assert config.profile == "beta-prime"
+    assert config.networks.office == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert config.mfa.office_networks == config.networks.office  # one office, two names
+    assert config.warnings == ()
     assert (wiki.host, wiki.path_prefix, wiki.to, wiki.segment) == (
         "wiki.city.example.jp",
         "/",
@@ -92,7 +97,7 @@ def test_route_normalisation() -> None:
           - {id: a, from: "HTTPS://Wiki.Example.JP./app/", to: "http://10.0.0.1:8080/",
          segment: internet, policy: open}
           - {id: b, from: "https://市役所.example.jp", to: "http://10.0.0.2/base/",
-         segment: mynumber, policy: open}
+         segment: internet, policy: open}
         """)
     a, b = parse_config(text).routes
     assert (a.host, a.path_prefix, a.to) == ("wiki.example.jp", "/app", "http://10.0.0.1:8080")

@@ -16,10 +16,14 @@ EXAMPLE = REPO / "examples" / "sekisho.example.yaml"
 EXAMPLE_TESTS = REPO / "examples" / "policy-tests.yaml"
 COMMAND = [str(SEKISHO)] if SEKISHO.exists() else [sys.executable, "-m", "sekisho"]
 
+# The probe's default address (192.0.2.1) is in the office here, so the segment guardrail
+# (β′, internet: signed in; MFA only from outside) lets signed-in requests through to the
+# route policies these tests are about.
 CONFIG = """\
 storage: {url: "sqlite:///x.db"}
 tls: {self_signed: true}
 language: en
+networks: {office: ["192.0.2.0/24"]}
 policies:
   staff:
     allow:
@@ -167,8 +171,8 @@ def test_time_mfa_and_auth_age_reach_the_facts(tmp_path: Path) -> None:
 def test_the_example_tests_pass_against_the_example_config() -> None:
     result = run("test", "--config", str(EXAMPLE), str(EXAMPLE_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("✓ ") == 6
-    assert result.stdout.splitlines()[-1] == "6 passed, 0 failed"
+    assert result.stdout.count("✓ ") == 11
+    assert result.stdout.splitlines()[-1] == "11 passed, 0 failed"
 
 
 def test_a_failing_case_is_reported_with_its_name(config: str, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 
 from sekisho.audit.log import AuditLog
 from sekisho.config.loader import parse_config
-from sekisho.config.model import Config, HookSettings, Route, Secret
+from sekisho.config.model import Config, HookSettings, Route, Secret, ThrottleSettings
 from sekisho.devices.edr import HOOK_PATH, EdrRefused, sign, verify
 from sekisho.devices.identity import DeviceIdentity
 from sekisho.devices.trust import DeviceTrust
@@ -26,6 +26,9 @@ from sekisho.web import Request, Response
 NOW = datetime(2026, 4, 1, 9, 0, tzinfo=UTC)
 SECRET = "k" * 24 + "-edr-test-secret-0123"
 SERIAL = 0xABCDEF
+# Lenient enough that the refusal tables below are not throttled themselves.
+NO_BACKOFF = ThrottleSettings(account_max_failures=50, ip_max_failures=50, lockout=600,
+                              base_delay=0.0, max_delay=0.0)
 
 
 class Clock:
@@ -37,14 +40,16 @@ class Clock:
 
 
 class EdrApp:
-    def __init__(self, engine: Engine, secret: str | None = SECRET) -> None:
+    def __init__(self, engine: Engine, secret: str | None = SECRET,
+                 throttle: ThrottleSettings = NO_BACKOFF) -> None:
         self.engine = engine
         self.clock = Clock()
         self.config = Config(
             source="test",
             routes=(Route(id="r", host="gw.city.example", path_prefix="/",
                           to="http://127.0.0.1:9"),),
-            hooks=HookSettings(None if secret is None else Secret(secret, "env:TEST")))
+            hooks=HookSettings(None if secret is None else Secret(secret, "env:TEST")),
+            throttle=throttle)
         self.sessions = SessionManager(engine, self.config.session, clock=self.clock)
         self.trust = DeviceTrust(engine, clock=lambda: 0.0, wall_clock=self.clock)
         self.handlers = build_signin_handlers(
@@ -52,11 +57,11 @@ class EdrApp:
             audit=AuditLog(engine), clock=self.clock, device_trust=self.trust)
 
     def call(self, body: bytes, headers: list[tuple[str, str]],
-             method: str = "POST") -> Response:
+             method: str = "POST", ip: str = "198.51.100.7") -> Response:
         request = Request(method=method, target=HOOK_PATH, path=HOOK_PATH, query="",
                           headers=[("host", "gw.city.example"),
                                    ("content-type", "application/json"), *headers],
-                          client_ip="198.51.100.7", scheme="https", host="gw.city.example",
+                          client_ip=ip, scheme="https", host="gw.city.example",
                           body=body)
 
         async def run() -> Response:
@@ -65,13 +70,14 @@ class EdrApp:
         return asyncio.run(run())
 
     def post(self, payload: Mapping[str, object], *, secret: str = SECRET,
-             at: datetime | None = None, tamper: bytes | None = None) -> Response:
+             at: datetime | None = None, tamper: bytes | None = None,
+             ip: str = "198.51.100.7") -> Response:
         body = json.dumps(payload).encode()
         timestamp = str(int((at or self.clock.now).timestamp()))
         signature = sign(secret.encode(), timestamp, body)
         return self.call(tamper if tamper is not None else body,
                          [("x-sekisho-timestamp", timestamp),
-                          ("x-sekisho-signature", signature)])
+                          ("x-sekisho-signature", signature)], ip=ip)
 
     def audit_types(self) -> list[str]:
         return [str(r.event_type) for r in audit_log.iter_records(self.engine)]
@@ -201,6 +207,80 @@ def test_refusals_change_nothing_and_are_audited(engine: Engine) -> None:
     # Just inside the window on both sides is accepted.
     ok = app.post(good, at=NOW - timedelta(seconds=299))
     assert ok.status == 200 and devices.require_device(engine, device_id).status == "suspended"
+
+
+ATTACKER = "203.0.113.66"
+
+
+def test_failed_calls_are_throttled_per_address_with_the_address_limit(
+        engine: Engine) -> None:
+    # The account limit (2) is lower than the address limit (4): the webhook's key is an
+    # address, so it must lock after 4 failures, not after 2.
+    app = EdrApp(engine, throttle=ThrottleSettings(
+        account_max_failures=2, ip_max_failures=4, lockout=600, base_delay=0.0,
+        max_delay=0.0))
+    device_id = _enrolled(engine)
+    good = {"device_id": device_id, "reason": "malware", "event_id": "e-1"}
+    failures = [
+        lambda: app.post(good, secret="x" * 40, ip=ATTACKER),  # bad signature
+        lambda: app.post(good, at=NOW - timedelta(seconds=400), ip=ATTACKER),  # stale
+        lambda: app.call(json.dumps(good).encode(), [], ip=ATTACKER),  # no signature
+        lambda: app.post(good, secret="y" * 40, ip=ATTACKER),
+    ]
+    codes = [_body(attempt())["error"] for attempt in failures]
+    assert codes == ["signature-invalid", "timestamp-stale", "signature-missing",
+                     "signature-invalid"]
+    # Locked: any further failed call from that address is refused without being checked.
+    locked = app.post(good, secret="z" * 40, ip=ATTACKER)
+    _refused(locked, 429, "throttled")
+    assert int(dict(locked.headers)["Retry-After"]) == 600
+    _refused(app.post(good, at=NOW - timedelta(seconds=400), ip=ATTACKER), 429, "throttled")
+    types = app.audit_types()
+    assert types.count("signin.lockout") == 1
+    lockout = next(json.loads(r.body) for r in audit_log.iter_records(engine)
+                   if r.event_type == "signin.lockout")
+    assert (lockout["key"], lockout["failures"]) == (f"edr-ip:{ATTACKER}", 4)
+    assert types.count("device.edr_refused") == 6  # 4 refusals + 2 throttled
+    # Another address is not affected.
+    _refused(app.post(good, secret="x" * 40), 401, "signature-invalid")
+    # A correctly signed alert still acts from the locked address: a bystander sharing the
+    # EDR's address (its cloud egress, a NAT) cannot lock real alerts out.
+    assert _body(app.post(good, ip=ATTACKER))["status"] == "suspended"
+    assert devices.require_device(engine, device_id).status == "suspended"
+    # The lock runs out after `lockout`.
+    app.clock.now += timedelta(seconds=601)
+    _refused(app.post(good, secret="x" * 40, ip=ATTACKER), 401, "signature-invalid")
+
+
+def test_replays_count_as_failures_and_back_off(engine: Engine) -> None:
+    app = EdrApp(engine, throttle=ThrottleSettings(
+        account_max_failures=50, ip_max_failures=3, lockout=600, base_delay=1.0,
+        max_delay=60.0))
+    device_id = _enrolled(engine)
+    event = {"device_id": device_id, "reason": "malware", "event_id": "e-1"}
+    assert _body(app.post(event, ip=ATTACKER))["status"] == "suspended"
+    # A captured call sent again within the time window: nothing done, counted.
+    assert _body(app.post(event, ip=ATTACKER))["status"] == "already-processed"
+    # Back-off: the next failure within base_delay (1 s) is refused.
+    _refused(app.post(event, ip=ATTACKER), 429, "throttled")
+    _refused(app.post(event, secret="x" * 40, ip=ATTACKER), 429, "throttled")
+    app.clock.now += timedelta(seconds=1)
+    assert _body(app.post(event, ip=ATTACKER))["status"] == "already-processed"
+    app.clock.now += timedelta(seconds=2)
+    _refused(app.post(event, secret="x" * 40, ip=ATTACKER), 401, "signature-invalid")
+    app.clock.now += timedelta(seconds=4)
+    _refused(app.post(event, ip=ATTACKER), 429, "throttled")  # locked after 3
+    assert app.audit_types().count("signin.lockout") == 1
+    # Signed requests that the EDR got wrong (body, unknown device) are audited, not counted:
+    # they come from the key holder.
+    other = EdrApp(engine, throttle=ThrottleSettings(
+        account_max_failures=50, ip_max_failures=2, lockout=600, base_delay=0.0,
+        max_delay=0.0))
+    for _ in range(3):
+        _refused(other.post({"device_id": "dev-nobody", "reason": "x", "event_id": "e-9"}),
+                 404, "device-not-found")
+        _refused(other.post({"device_id": device_id, "reason": "x"}), 400, "request-invalid")
+    assert app.audit_types().count("signin.lockout") == 1
 
 
 def test_the_endpoint_is_absent_without_configuration(engine: Engine) -> None:

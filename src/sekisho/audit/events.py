@@ -76,7 +76,7 @@ class AccountLocked(AuditEvent):
 
     event_type: ClassVar[str] = "signin.lockout"
 
-    key: str  # "account:<name>" | "ip:<address>"
+    key: str  # "account:<name>" | "ip:<address>" | "mfa-…" | "enrol-ip:<ip>" | "edr-ip:<ip>"
     failures: int
     locked_until: str  # ISO 8601 UTC
     source_ip: str = ""
@@ -354,7 +354,7 @@ class EdrHookRefused(AuditEvent):
 
     event_type: ClassVar[str] = "device.edr_refused"
 
-    reason: str  # "signature-invalid" | "timestamp-invalid" | "request-invalid" | ...
+    reason: str  # "signature-invalid" | "timestamp-stale" | "request-invalid" | "throttled" | ...
     source_ip: str
 
 
@@ -370,3 +370,21 @@ class PostureReported(AuditEvent):
     failed: str  # failed checks of the best profile, comma-separated ("" when it passed)
     os: str  # OS name and version from the report
     source_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketClosed(AuditEvent):
+    """An open WebSocket was closed because re-deciding its access no longer allowed it."""
+
+    event_type: ClassVar[str] = "websocket.closed"
+    durable: ClassVar[bool] = False
+
+    route: str
+    user: str  # "" when it was opened without a session
+    session: str  # short id of the session that opened it
+    trigger: str  # "open" | "session" | "user" | "device" | "reload" | "timer" | "storage" | "gap"
+    reasons: tuple[str, ...]
+    source_ip: str
+    duration_s: float  # how long it was open
+    bytes_in: int  # client to upstream
+    bytes_out: int  # upstream to client

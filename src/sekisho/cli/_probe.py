@@ -4,14 +4,20 @@ The rule: the same route matching (lower-case host without port, then the path n
 `gateway.paths`) and the same facts as `gateway.pep.decide`, so a check made here describes
 the request the gateway will see. A tool that matched `/allowed/../denied` against the
 `/allowed` route would explain a decision the gateway never makes — the path-confusion
-mistake the gateway itself refuses.
+mistake the gateway itself refuses. The policy comes from `Runtime.policy_for`, so the route's
+segment guardrail is decided and explained exactly as the gateway applies it.
+
+A device is either looked up in the registry (`device: ID`: enrolled, user and posture profile
+by the same rule the gateway applies to a presented certificate, `devices.trust.standing`, as
+if the device presented its current certificate) or hypothetical (`device_profile: P`: an
+enrolled device of that profile used by its own user; no database needed).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,10 +28,13 @@ from sekisho.config.model import Route
 from sekisho.gateway.paths import InvalidTarget, normalise, strip_port
 from sekisho.policy import Decision, Explanation, Facts, explain
 from sekisho.policy.criteria.mfa import SECOND_FACTORS
+from sekisho.policy.guardrails import QUARANTINE
 from sekisho.runtime import Runtime
 from sekisho.web import RESERVED_PREFIX
 
-FIELDS = ("url", "method", "user", "groups", "email", "ip", "at", "mfa", "auth_age", "idp")
+FIELDS = ("url", "method", "user", "groups", "email", "ip", "at", "mfa", "auth_age", "idp",
+          "device", "device_profile")
+HYPOTHETICAL_DEVICE = "hypothetical"  # the device id a `device_profile` probe carries
 DEFAULT_IP = "192.0.2.1"  # a documentation address: "somewhere on the internet"
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 method token
 
@@ -54,6 +63,24 @@ class Probe:
     mfa: frozenset[str]
     auth_age: int
     idp: str
+    device: str = ""  # a registry device id
+    device_profile: str = ""  # a hypothetical enrolled device of this posture profile
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFacts:
+    """The device part of the facts, as the gateway would fill it."""
+
+    device_id: str = ""
+    enrolled: bool = False
+    user: str = ""
+    profile: str = ""
+    issuer: str = ""
+    sans: frozenset[str] = frozenset()
+    status: str = ""  # the registry's status ("active", "suspended", "revoked"); "" otherwise
+
+
+DeviceLookup = Callable[[str, datetime], DeviceFacts]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +94,7 @@ class Result:
     explanation: Explanation | None
     refusal_ja: str = ""
     refusal_en: str = ""
+    device: DeviceFacts | None = None
 
     @property
     def decision(self) -> Decision:
@@ -93,8 +121,12 @@ def _texts(field: str, value: Any) -> frozenset[str]:
     return frozenset(_text(field, item, optional=False) for item in items)
 
 
-def parse_probe(fields: Mapping[str, Any], timezone: str) -> Probe:
-    """Check the fields of one request (CLI options or a test case); raises `BadInput`."""
+def parse_probe(fields: Mapping[str, Any], timezone: str,
+                device_profiles: Collection[str] | None = None) -> Probe:
+    """Check the fields of one request (CLI options or a test case); raises `BadInput`.
+
+    `device_profiles`: the configured posture profile names a `device_profile` may name
+    (`quarantine` is always one); None skips that check."""
     url = _text("url", fields.get("url"), optional=False)
     parts = urlsplit(url)
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
@@ -133,8 +165,21 @@ def parse_probe(fields: Mapping[str, Any], timezone: str) -> Probe:
         ip = ipaddress.ip_address(_text("ip", fields.get("ip")) or DEFAULT_IP)
     except ValueError:
         raise BadInput("ip", "IP アドレスを指定してください", "expected an IP address") from None
+    device = _text("device", fields.get("device"))
+    device_profile = _text("device_profile", fields.get("device_profile"))
+    if device and device_profile:
+        raise BadInput("device_profile", "device と同時には指定できません（登録済みの端末か、"
+                       "仮の端末か、どちらか一方）",
+                       "cannot be combined with device (a registered device, or a "
+                       "hypothetical one)")
+    if device_profile and device_profiles is not None and \
+            device_profile not in (*device_profiles, QUARANTINE):
+        known = ", ".join((*device_profiles, QUARANTINE))
+        raise BadInput("device_profile", f"devices.profiles にないプロファイルです（{known}）",
+                       f"not a posture profile of devices.profiles (expected: {known})")
     return Probe(url, strip_port(parts.netloc), target.encode("utf-8"), user, method.upper(),
-                 groups, email, ip, _when(fields.get("at"), timezone), mfa, auth_age, idp)
+                 groups, email, ip, _when(fields.get("at"), timezone), mfa, auth_age, idp,
+                 device, device_profile)
 
 
 def _when(value: Any, timezone: str) -> datetime | None:
@@ -153,8 +198,61 @@ def _when(value: Any, timezone: str) -> datetime | None:
     return moment.astimezone(UTC)
 
 
-def decide(runtime: Runtime, probe: Probe) -> Result:
-    """Match the route like the gateway, build its facts and explain its policy's decision."""
+def hypothetical_device(profile: str, user: str | None) -> DeviceFacts:
+    """An enrolled device of posture `profile`, used by its own user; no certificate names."""
+    return DeviceFacts(HYPOTHETICAL_DEVICE, True, user or "", profile, status="active")
+
+
+def registry_device(engine: Any, runtime: Runtime, device_id: str, now: datetime) -> DeviceFacts:
+    """A device from the registry, judged as if it presented its current certificate now.
+
+    The rule is the gateway's (`devices.trust.standing`: active, same serial, valid, its
+    latest fresh posture report classified by `devices.profiles`); raises `BadInput` for a
+    device the registry does not know, `StorageError` when the registry cannot answer.
+    """
+    from sekisho.devices.identity import DEVICE_URN, INVENTORY_URN, DeviceIdentity
+    from sekisho.devices.trust import load_report, standing
+    from sekisho.storage.devices import get_device
+
+    record = get_device(engine, device_id)
+    if record is None:
+        raise BadInput("device", f"端末 '{device_id}' は端末台帳にありません（sekisho device "
+                       "list）", f"no device '{device_id}' in the registry (sekisho device list)")
+    try:
+        serial = int(record.cert_serial, 16)
+    except ValueError:
+        serial = -1  # a registry row that names no certificate: not enrolled
+    identity = DeviceIdentity(record.device_id, record.inventory_id, serial,
+                              record.cert_not_after, "", record.username)
+    report = load_report(engine, device_id) if record.status == "active" else None
+    found = standing(identity, record, now, report, runtime.config.devices)
+    if not found.enrolled:
+        return DeviceFacts(record.device_id, status=record.status)
+    return DeviceFacts(record.device_id, True, found.user, found.profile,
+                       _issuer(runtime), frozenset({DEVICE_URN + record.device_id,
+                                                    INVENTORY_URN + record.inventory_id}),
+                       record.status)
+
+
+def _issuer(runtime: Runtime) -> str:
+    """The intermediate CA's name: the issuer of every device certificate ("" if unreadable)."""
+    from pathlib import Path
+
+    from sekisho.devices.ca import CaError, load_certificates
+
+    config = runtime.config
+    directory = config.tls.client_ca_dir or str(Path(config.server.data_dir) / "ca")
+    try:
+        return load_certificates(directory)[1].subject.rfc4514_string()
+    except (CaError, OSError, ValueError):
+        return ""
+
+
+def decide(runtime: Runtime, probe: Probe, devices: DeviceLookup | None = None) -> Result:
+    """Match the route like the gateway, build its facts and explain its policy's decision.
+
+    `devices` looks a registry device up (`registry_device` bound to an engine); a probe
+    naming one without it is refused (BadInput)."""
     try:
         target = normalise(probe.target, probe.host)
     except InvalidTarget:
@@ -176,6 +274,13 @@ def decide(runtime: Runtime, probe: Probe) -> Result:
                       f"曖昧なパス ({target.ambiguous}) のため 400 で拒否されます",
                       f"refused with 400: ambiguous path ({target.ambiguous})")
     now = probe.at or datetime.now(UTC)
+    device = DeviceFacts()
+    if probe.device_profile:
+        device = hypothetical_device(probe.device_profile, probe.facts_user)
+    elif probe.device:
+        if devices is None:
+            raise BadInput("device", "端末台帳を開けません", "the device registry is not open")
+        device = devices(probe.device, now)
     signed_in = probe.facts_user is not None
     primary = "oidc" if probe.idp else "pwd"
     facts = Facts(
@@ -194,7 +299,14 @@ def decide(runtime: Runtime, probe: Probe) -> Result:
         auth_time=now - timedelta(seconds=probe.auth_age) if signed_in else None,
         idp=probe.idp,
         holidays=runtime.config.holidays,
+        device_id=device.device_id,
+        device_enrolled=device.enrolled,
+        device_user=device.user,
+        device_profile=device.profile,
+        client_certificate_issuer=device.issuer,
+        client_certificate_sans=device.sans,
     )
     policy = runtime.policy_for(route)
     assert policy is not None  # build_runtime refuses a route without its policy
-    return Result(probe.host, path, route, facts, explain(facts, policy))
+    return Result(probe.host, path, route, facts, explain(facts, policy),
+                  device=device if device.device_id else None)

@@ -1,8 +1,10 @@
 """`sekisho check-config FILE`, `sekisho config check FILE`, `sekisho config schema`.
 
-check-config validates without starting anything: exit 0 with a one-line summary, or exit 1
-listing every problem (file:line: field: expected …). It never prints a traceback or a
-secret: an unexpected failure is reported by its type name only.
+check-config validates without starting anything: exit 0 with a one-line summary followed by
+the effective segment guardrails (one line per segment) and any warnings (on stderr), or exit
+1 listing every problem (file:line: field: expected …) — a route contradicting its guardrail
+among them. It never prints a traceback or a secret: an unexpected failure is reported by its
+type name only.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sekisho.config.model import Config
 from sekisho.errors import ConfigError
 
 
@@ -34,7 +37,26 @@ def _check(args: argparse.Namespace) -> int:
         f"{policies} polic{'ies' if policies != 1 else 'y'} "
         f"({args.file}, sha256 {config.digest[:12]})"
     )
+    print("\n".join(guardrail_lines(config)))
+    for warning in config.warnings:
+        print(warning, file=sys.stderr)
     return 0
+
+
+def guardrail_lines(config: Config) -> list[str]:
+    """The effective guardrails of `config`, one line per segment (Japanese / English)."""
+    from sekisho.config.segments import guardrail_networks
+    from sekisho.policy.guardrails import GUIDELINE_EN, GUIDELINE_JA, LABELS, describe
+
+    if config.profile is None:
+        return ["ガードレールなし / no guardrails"]
+    label = LABELS[config.profile]
+    lines = [f"プロファイル / profile: {config.profile} ({label}) — {GUIDELINE_JA} / "
+             f"{GUIDELINE_EN}",
+             "ガードレール / guardrails (docs/segments.md):"]
+    for segment, ja, en in describe(config.profile, guardrail_networks(config.networks)):
+        lines.append(f"  {segment}: {ja} / {en}")
+    return lines
 
 
 def _schema(_args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """`sekisho policy explain` and `sekisho policy test`: why a request is allowed or denied.
 
 explain decides one hypothetical request against a configuration and prints the route, the
-decision, its reasons and the whole trace; test runs a YAML table of such requests with
+decision, its reasons and the whole trace — the route's segment guardrail first, then its
+policy; test runs a YAML table of such requests with
 expected decisions, for the CI of a city's configuration repository. Exit codes: explain 0
 allowed / 1 denied; test 0 all passed / 1 a case failed; both 2 on bad input.
 """
@@ -11,12 +12,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sekisho.cli._common import add_config_option
-from sekisho.cli._probe import FIELDS, BadInput, Result, decide, parse_probe
+from sekisho.cli._common import add_config_option, open_engine
+from sekisho.cli._probe import (
+    FIELDS,
+    BadInput,
+    DeviceFacts,
+    DeviceLookup,
+    Result,
+    decide,
+    parse_probe,
+    registry_device,
+)
 from sekisho.policy import REASONS, explain_reason
 from sekisho.policy.explain import render
 from sekisho.runtime import Runtime, build_runtime
@@ -27,6 +39,7 @@ _LABELS = {
     "policy": ("ポリシー", "Policy"),
     "facts": ("事実", "Facts"),
     "anonymous": ("未サインイン", "not signed in"),
+    "mode": ("モード", "Mode"),
 }
 
 
@@ -52,7 +65,36 @@ def _facts_line(result: Result, language: str) -> str:
            f" auth={'+'.join(sorted(facts.auth_methods))}"
            if facts.authenticated else _label("anonymous", language))
     return (f"{_label('facts', language)}: {who} ip={facts.source_ip} method={facts.method} "
-            f"at={facts.now.isoformat(timespec='seconds')}")
+            f"at={facts.now.isoformat(timespec='seconds')} device={_device(result.device)}")
+
+
+def _device(device: DeviceFacts | None) -> str:
+    if device is None:
+        return "-"
+    if not device.enrolled:
+        return f"{device.device_id}(not-enrolled:{device.status or '-'})"
+    return f"{device.device_id}(enrolled,user={device.user or '-'},profile={device.profile})"
+
+
+def _profiles(runtime: Runtime) -> tuple[str, ...]:
+    return tuple(profile.name for profile in runtime.config.devices.profiles)
+
+
+@contextmanager
+def _registry(args: argparse.Namespace, runtime: Runtime, wanted: bool
+              ) -> Iterator[DeviceLookup | None]:
+    """The device registry (the configured database), opened only when a probe names one."""
+    if not wanted:
+        yield None
+        return
+    engine = open_engine(args)
+    try:
+        def lookup(device_id: str, now: datetime) -> DeviceFacts:
+            return registry_device(engine, runtime, device_id, now)
+
+        yield lookup
+    finally:
+        engine.dispose()
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -62,7 +104,9 @@ def _explain(args: argparse.Namespace) -> int:
     language = args.lang or runtime.config.default_language
     fields = {name: getattr(args, name) for name in FIELDS}
     try:
-        result = decide(runtime, parse_probe(fields, runtime.config.timezone))
+        probe = parse_probe(fields, runtime.config.timezone, _profiles(runtime))
+        with _registry(args, runtime, bool(probe.device)) as devices:
+            result = decide(runtime, probe, devices)
     except BadInput as exc:
         print(f"sekisho: --{exc.field.replace('_', '-')}: {exc.ja} / {exc.en}", file=sys.stderr)
         return 2
@@ -72,7 +116,11 @@ def _explain(args: argparse.Namespace) -> int:
     if args.json:
         out: dict[str, Any] = {
             "url": args.url, "host": result.host, "path": result.path, "route": route.id,
-            "segment": route.segment, "policy": route.policy,
+            "segment": route.segment, "mode": route.mode, "policy": route.policy,
+            "device": None if result.device is None else {
+                "id": result.device.device_id, "enrolled": result.device.enrolled,
+                "user": result.device.user, "profile": result.device.profile,
+                "status": result.device.status},
         }
         if result.explanation is not None:
             out.update(result.explanation.to_dict())
@@ -85,8 +133,9 @@ def _explain(args: argparse.Namespace) -> int:
         return 0 if decision.allow else 1
     title = f" ({route.title})" if route.title else ""
     print(f"URL: {args.url} → {result.host} {result.path}")
+    mode = f"  {_label('mode', language)}: {route.mode}" if route.mode != "http" else ""
     print(f"{_label('route', language)}: {route.id}{title}  "
-          f"{_label('segment', language)}: {route.segment}  "
+          f"{_label('segment', language)}: {route.segment}{mode}  "
           f"{_label('policy', language)}: {route.policy}")
     if result.explanation is None:
         print(result.refusal_ja if language == "ja" else result.refusal_en)
@@ -99,7 +148,8 @@ def _explain(args: argparse.Namespace) -> int:
 _CASE_KEYS = frozenset((*FIELDS, "name", "expect", "reasons"))
 
 
-def _load_cases(file: str, timezone: str) -> tuple[list[dict[str, Any]], list[str]]:
+def _load_cases(file: str, timezone: str, profiles: tuple[str, ...]
+                ) -> tuple[list[dict[str, Any]], list[str]]:
     """The cases of a test file, or every problem in it (each naming index and field)."""
     from sekisho.config.yamlfile import YamlRefused, decode, read_yaml
 
@@ -139,7 +189,7 @@ def _load_cases(file: str, timezone: str) -> tuple[list[dict[str, Any]], list[st
             problem("reasons", "理由コード（docs/policy.md の一覧）のリストを指定してください",
                     "expected a list of reason codes (see docs/policy.md)")
         try:
-            parse_probe(case, timezone)
+            parse_probe(case, timezone, profiles)
         except BadInput as exc:
             problem(exc.field, exc.ja, exc.en)
         cases.append(dict(case))
@@ -151,15 +201,21 @@ def _test(args: argparse.Namespace) -> int:
     if runtime is None:
         return 2
     language = args.lang or runtime.config.default_language
-    cases, errors = _load_cases(args.file, runtime.config.timezone)
+    cases, errors = _load_cases(args.file, runtime.config.timezone, _profiles(runtime))
     if errors:
         print("\n".join(errors), file=sys.stderr)
         return 2
+    with _registry(args, runtime, any(case.get("device") for case in cases)) as devices:
+        return _run_cases(runtime, cases, devices, language)
+
+
+def _run_cases(runtime: Runtime, cases: list[dict[str, Any]], devices: DeviceLookup | None,
+               language: str) -> int:
     passed = failed = 0
     for index, case in enumerate(cases):
         name = case["name"]
         try:
-            result = decide(runtime, parse_probe(case, runtime.config.timezone))
+            result = decide(runtime, parse_probe(case, runtime.config.timezone), devices)
         except BadInput as exc:
             failed += 1
             print(f"✗ {name}: [{index}].{exc.field}: {exc.ja} / {exc.en}")
@@ -212,6 +268,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     explain.add_argument("--auth-age", dest="auth_age", type=int, default=None,
                          help="最後の本人確認からの秒数 / seconds since the last proof (0)")
     explain.add_argument("--idp", default=None, help="IdP の id / identity provider id")
+    explain.add_argument("--device", default=None, metavar="ID",
+                         help="端末台帳の端末 ID（登録状態・利用者・プロファイルを台帳から）/ a "
+                              "device id from the registry (its standing, user and profile)")
+    explain.add_argument("--device-profile", dest="device_profile", default=None, metavar="P",
+                         help="仮の登録済み端末のプロファイル（データベース不要）/ a hypothetical "
+                              "enrolled device of this posture profile (no database)")
     explain.add_argument("--lang", choices=("ja", "en"), default=None,
                          help="表示言語 / language (default: the config's)")
     explain.add_argument("--json", action="store_true", help="JSON で出力 / print JSON")

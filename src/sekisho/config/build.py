@@ -39,6 +39,7 @@ from sekisho.config.values import (
 
 T = TypeVar("T")
 MAX_CACHE_TTL = 60.0
+MIN_RECHECK, MAX_RECHECK = 1.0, 3600.0  # session.recheck_interval: storage load vs. delay
 MAX_FLUSH_INTERVAL = 1.0  # the documented audit loss window on a hard kill
 MAX_ASSERTION_LIFETIME = 60.0
 MAX_POSTURE_AGE = 86400.0  # a day-old posture report says little about the device now
@@ -47,6 +48,7 @@ _DURATION_FIELDS = {
     "idle_timeout",
     "absolute_lifetime",
     "cache_ttl",
+    "recheck_interval",
     "lockout",
     "base_delay",
     "max_delay",
@@ -274,6 +276,12 @@ class Builder:
                 ("session", "cache_ttl"),
                 "60 秒以下である必要があります（失効の反映が遅れます）",
                 "must be at most 60s (it delays session revocation)",
+            )
+        if not MIN_RECHECK <= session.recheck_interval <= MAX_RECHECK:
+            self.problem(
+                ("session", "recheck_interval"),
+                "1 秒以上 1 時間以下である必要があります（長いと WebSocket が切れずに残ります）",
+                "must be between 1s and 1h (longer keeps WebSockets open past their access)",
             )
         return session
 

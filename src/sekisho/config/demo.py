@@ -4,6 +4,12 @@ It is generated as YAML text and loaded through `parse_config`, so the demo is v
 exactly like an administrator's file, and the text is written to `data_dir/sekisho.demo.yaml`
 so the administrator can read, copy and edit it. Hosts live under `*.localhost`, which
 browsers resolve to loopback without touching /etc/hosts.
+
+The demo shows the β′ guardrails truthfully on one machine: loopback is the office (a local
+browser is "inside"; `policy explain --ip 203.0.113.5` shows the remote case) and 127.0.0.1 is
+the one designated マイナンバー terminal, so the juki route needs what the guardrail asks for
+everywhere — an enrolled `managed` device (client certificate from the demo CA, a fresh
+posture report) and a passkey proven within 15 minutes.
 """
 
 from __future__ import annotations
@@ -21,11 +27,11 @@ _ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 
 # route id -> (title, segment, policy, websocket). Unknown ids get a plain staff route.
 KNOWN_APPS: dict[str, tuple[str, str, str, bool]] = {
-    "portal": ("職員ポータル / Staff portal", "internet", "staff", False),
+    "news": ("お知らせ / News", "internet", "staff", False),
     "wiki": ("庁内Wiki / Intranet wiki", "internet", "staff", True),
     "docs": ("文書管理（デモ）/ Document management (demo)", "lgwan", "staff", False),
     "admin-tools": ("管理ツール / Admin tools", "internet", "admins", False),
-    "juki": ("住民記録（デモ）/ Resident records (demo)", "mynumber", "mynumber-staff", False),
+    "juki": ("住民記録（デモ）/ Resident records (demo)", "mynumber", "juki-staff", False),
 }
 
 
@@ -55,20 +61,41 @@ def demo_text(
         f"  data_dir: {_q(str(data))}",
         "tls:",
         "  self_signed: true   # デモ専用 / demo only",
+        "  # 端末証明書 (デモの CA: <data_dir>/ca) / device certificates from the demo CA",
+        "  client_certificates: optional",
         "storage:",
         f"  url: {_q(f'sqlite:///{database}')}",
         "session:",
         '  cookie_name: "__Host-sekisho"',
         "  idle_timeout: 30m",
         "  absolute_lifetime: 12h",
-        "mfa:",
-        "  # デモでは loopback を庁内とみなす (管理者は常に MFA) / the demo treats loopback as",
-        "  # the office (administrators always need MFA)",
-        '  office_networks: ["127.0.0.0/8", "::1/128"]',
+        "# 三層分離のモデルとガードレール (docs/segments.md)",
+        "# the three-layer model and its guardrails (docs/segments.md)",
+        "profile: beta-prime",
+        "networks:",
+        "  # デモでは loopback を庁内とみなす (mfa.office_networks と同じもの。管理者は常に MFA)",
+        "  # the demo treats loopback as the office (the same setting as mfa.office_networks;",
+        "  # administrators always need MFA)",
+        '  office: ["127.0.0.0/8", "::1/128"]',
+        "  # この PC を唯一のマイナンバー利用事務系の指定端末とする",
+        "  # this machine is the one designated My Number terminal",
+        '  mynumber_terminals: ["127.0.0.1/32"]',
+        "devices:",
+        "  profiles:",
+        "    # デモ用: 要件なし (新しい署名付きの状態報告があれば managed)。本番の例は",
+        "    # docs/devices.md / demo: no requirements (a fresh signed posture report makes a",
+        "    # device managed); see docs/devices.md for production profiles",
+        "    managed: {}",
+        "    byod: {}",
         "assertion:",
         f"  issuer: {_q(f'https://portal.localhost:{listen_port}')}",
         "language: ja",
         "timezone: Asia/Tokyo",
+        "# 職員ポータル: https://portal.localhost:<port>/ でアプリ一覧 (docs/portal.md)",
+        "# the staff portal: the app launcher at https://portal.localhost:<port>/",
+        "portal:",
+        "  host: portal.localhost",
+        f"  contact: {_q('情報政策課 (デモ) / IT department (demo)')}",
         "policies:",
         "  staff:",
         "    allow:",
@@ -80,16 +107,14 @@ def demo_text(
         "      and:",
         "        - authenticated: true",
         "        - group: [admins]",
-        "  # マイナンバー利用事務系: 2 段階目の認証から 15 分以内 (古ければステップアップ)。",
-        "  # 本番では mfa: [webauthn_uv] (ユーザー検証つきパスキー) を推奨。",
-        "  # mynumber segment: a second factor within 15 minutes, else step up; production:",
-        "  # mfa: [webauthn_uv] (a passkey with user verification).",
-        "  mynumber-staff:",
+        "  # マイナンバー利用事務系: 職員のみ。指定端末・managed の端末・15 分以内のパスキーは",
+        "  # ガードレールが求める (ルートのポリシーは狭めるだけ)。",
+        "  # mynumber segment: staff only; the guardrail adds the designated terminal, a",
+        "  # managed device and a passkey within 15 minutes (a route policy only narrows).",
+        "  juki-staff:",
         "    allow:",
         "      and:",
         "        - group: [staff]",
-        "        - mfa: true",
-        "        - auth_age: 15m",
         "webauthn:",
         "  passwordless: true",
         "# OIDC の例 (Entra ID)。使うときはコメントを外し、値を設定してください。",

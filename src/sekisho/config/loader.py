@@ -23,9 +23,11 @@ from sekisho.config.model import (
     ThrottleSettings,
     Timeouts,
 )
+from sekisho.config.portal import build_portal
 from sekisho.config.problems import FieldPath, InvalidConfig, Problem
 from sekisho.config.routes import build_routes, compile_all, named_policies
 from sekisho.config.secrets import resolve_secrets
+from sekisho.config.segments import build_networks, build_profile, check_guardrails
 from sekisho.config.validation import validate
 from sekisho.config.webauthn import build_webauthn
 from sekisho.config.yamlfile import YamlRefused, decode, read_yaml
@@ -97,6 +99,13 @@ def _build(builder: Builder, digest: str) -> Config:
     compile_all(builder, policies, inline_paths)
     identity_providers = build_identity_providers(builder)
     check_route_idps(builder, identity_providers)
+    profile = build_profile(builder)
+    networks, mfa = build_networks(builder, build_mfa(builder))
+    devices = builder.devices()
+    warnings = check_guardrails(
+        builder, profile=profile, networks=networks, routes=routes, policies=policies,
+        inline_paths=inline_paths,
+        posture_profiles=tuple(p.name for p in devices.profiles))
     language = data.get("language")
     config = Config(
         source=builder.source,
@@ -110,16 +119,20 @@ def _build(builder: Builder, digest: str) -> Config:
         timeouts=timeouts,
         audit=audit,
         assertion=assertion,
-        mfa=build_mfa(builder),
+        mfa=mfa,
         webauthn=build_webauthn(builder),
-        devices=builder.devices(),
+        devices=devices,
         hooks=builder.hooks(),
+        portal=build_portal(builder),
         policies=MappingProxyType(policies),
         routes=routes,
         identity_providers=identity_providers,
         default_language="en" if language == "en" else "ja",
         timezone=builder.timezone(),
         holidays=builder.holidays(),
+        profile=profile,
+        networks=networks,
+        warnings=warnings,
         digest=digest,
     )
     return config

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Segment = Literal["internet", "lgwan", "mynumber"]
+RouteMode = Literal["http", "screen"]
+Profile = Literal["alpha", "alpha-prime", "beta", "beta-prime"]
 
 
 class Secret:
@@ -82,6 +84,8 @@ class SessionSettings:
     absolute_lifetime: float = 12 * 3600
     # How long a gateway process may trust a session it looked up before asking storage again.
     cache_ttl: float = 1.0
+    # How often an open WebSocket is decided again (changes announced on the feed: at once).
+    recheck_interval: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +162,14 @@ class HookSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PortalSettings:
+    """The staff portal (see docs/portal.md): served on every route host at /.sekisho/portal/."""
+
+    host: str = ""  # "": no dedicated host; else `/` on it opens the portal (no route needed)
+    contact: str = ""  # who staff call when the portal cannot help (shown on its pages)
+
+
+@dataclass(frozen=True, slots=True)
 class IdentityProvider:
     """An OpenID Connect provider Sekisho trusts for sign-in (see docs/oidc.md)."""
 
@@ -208,6 +220,24 @@ class DeviceSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Networks:
+    """Named networks the segment guardrails use (see docs/segments.md)."""
+
+    office: tuple[IPNetwork, ...] = ()  # the office: LGWAN over HTTP, no MFA needed
+    mynumber_terminals: tuple[IPNetwork, ...] = ()  # the only way into `mynumber`
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenOptions:
+    """What a screen-transfer route lets cross besides pixels; all off unless turned on."""
+
+    clipboard: bool = False
+    file_transfer: bool = False
+    printing: bool = False
+    drive: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     id: str
     host: str  # lower-case, no port
@@ -221,6 +251,8 @@ class Route:
     timeouts: Timeouts | None = None  # None: the global timeouts
     title: str = ""
     idp: str = ""  # identity provider id: sign-in goes straight there
+    mode: RouteMode = "http"  # "screen": a screen-transfer product (guardrails differ)
+    screen: ScreenOptions = field(default_factory=ScreenOptions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +272,7 @@ class Config:
     webauthn: WebAuthnSettings = field(default_factory=WebAuthnSettings)
     devices: DeviceSettings = field(default_factory=DeviceSettings)
     hooks: HookSettings = field(default_factory=HookSettings)
+    portal: PortalSettings = field(default_factory=PortalSettings)
     # Policy name -> the raw policy document ({"allow": ..., "deny": ...}), compiled by policy/.
     policies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
@@ -247,5 +280,12 @@ class Config:
     default_language: Literal["ja", "en"] = "ja"
     timezone: str = "Asia/Tokyo"
     holidays: frozenset[date] = frozenset()  # local dates (the `time` criterion)
+    # The segment guardrails' profile. Every configuration file has one (default beta-prime,
+    # set by the loader); None — no guardrails — is only for configurations built in code.
+    profile: Profile | None = None
+    networks: Networks = field(default_factory=Networks)
+    # Not errors, but worth an administrator's eyes (e.g. a segment closed for want of a
+    # network): "file:line: field: ja / en" lines that check-config prints.
+    warnings: tuple[str, ...] = ()
     # sha256 (hex) of the file the snapshot was loaded from, for the ConfigReloaded audit event.
     digest: str = ""

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from sekisho.config.build import Builder
-from sekisho.config.model import Route, Segment, Timeouts
+from sekisho.config.model import Route, RouteMode, ScreenOptions, Segment, Timeouts
 from sekisho.config.problems import FieldPath
 from sekisho.config.values import Invalid, parse_from, parse_to
 
@@ -83,6 +83,7 @@ def build_routes(
             route_timeouts = builder.settings(
                 Timeouts, (*here, "timeouts"), entry["timeouts"], base=timeouts
             )
+        mode, screen = _mode(builder, entry, here)
         segment = entry.get("segment")
         if None in (host, path_prefix, to, policy_name) or segment not in (
             "internet",
@@ -104,9 +105,25 @@ def build_routes(
                 timeouts=route_timeouts,
                 title=entry["title"] if isinstance(entry.get("title"), str) else "",
                 idp=entry["idp"] if isinstance(entry.get("idp"), str) else "",
+                mode=mode,
+                screen=screen,
             )
         )
     return tuple(routes)
+
+
+def _mode(builder: Builder, entry: Mapping[str, Any], here: FieldPath
+          ) -> tuple[RouteMode, ScreenOptions]:
+    """`mode:` and, for screen routes, `screen:` (its options only mean something there)."""
+    mode: RouteMode = "screen" if entry.get("mode") == "screen" else "http"
+    raw = entry.get("screen")
+    if not isinstance(raw, Mapping):
+        return mode, ScreenOptions()
+    if mode != "screen":
+        builder.problem((*here, "screen"), "screen は mode: screen のルートにだけ書けます",
+                        "applies to mode: screen routes only")
+    return mode, ScreenOptions(**{name: raw.get(name) is True for name in
+                                  ("clipboard", "file_transfer", "printing", "drive")})
 
 
 def _route_policy(

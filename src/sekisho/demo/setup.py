@@ -1,7 +1,10 @@
 """`sekisho serve --demo`: demo apps, demo configuration, migrated SQLite, demo users.
 
 Everything lands in one data directory (./var/demo by default) so `rm -rf var` resets it.
-The demo passwords are fixed and printed: the demo listens on loopback only.
+The demo passwords are fixed and printed: the demo listens on loopback only. A demo CA for
+device certificates is created in `<data_dir>/ca` once; the banner says how to enrol this
+machine as a device through the CLI, and how `sekisho policy explain` shows each segment's
+guardrail.
 """
 
 from __future__ import annotations
@@ -78,6 +81,8 @@ def banner(config: Config) -> str:
         "",
         "Sekisho デモが起動しました / the Sekisho demo is running",
         "",
+        f"  職員ポータル / staff portal:  https://{config.portal.host}:{port}/",
+        "",
         "  アプリ / apps (自己署名証明書の警告は「詳細設定 → 続行」/ "
         "accept the self-signed certificate):",
     ]
@@ -88,6 +93,7 @@ def banner(config: Config) -> str:
     for user in DEMO_USERS:
         lines.append(f"    {user.username:8} / {user.password:20} ({user.display_name}, "
                      f"groups: {', '.join(user.groups)})")
+    lines += _segment_lines(config, port)
     admin = config.server.admin_listen
     lines += [
         "",
@@ -100,15 +106,54 @@ def banner(config: Config) -> str:
     return "\n".join(lines)
 
 
+def _segment_lines(config: Config, port: int) -> list[str]:
+    """Which app is in which segment, how to enrol a demo device, how to ask why."""
+    data = config.server.data_dir
+    file, device_dir = f"{data}/sekisho.demo.yaml", f"{data}/device"
+    # A route host: it is in the self-signed certificate, and the enrolment endpoint answers
+    # on every route host (the device CLI verifies the gateway with --cafile).
+    host = config.routes[0].host if config.routes else "localhost"
+    gateway = f"https://{host}:{port} --cafile {data}/tls/self-signed.crt"
+    by_segment: dict[str, list[str]] = {}
+    for route in config.routes:
+        by_segment.setdefault(route.segment, []).append(route.id)
+    segments = "   ".join(f"{segment}: {', '.join(ids)}" for segment, ids in by_segment.items())
+    docs = next((r.host for r in config.routes if r.segment == "lgwan"), "docs.localhost")
+    return [
+        "",
+        f"  セグメント / segments (profile {config.profile}, docs/segments.md): {segments}",
+        "  このPCは庁内かつマイナンバーの指定端末 / this machine is the office and the designated"
+        " My Number terminal",
+        "",
+        "  デモ端末の登録 / enrol this machine as a demo device (CLI; *.localhost を引けない"
+        f"環境では /etc/hosts に 127.0.0.1 {host} / add it to /etc/hosts if *.localhost does"
+        " not resolve):",
+        f"    sekisho device code tanaka --config {file}",
+        f"    sekisho device enroll --gateway {gateway} --name demo-pc "
+        f"--dir {device_dir} --code <CODE>",
+        f"    sekisho device report --gateway {gateway} --dir {device_dir}",
+        f"    → {device_dir}/device.p12 をブラウザに取り込み、juki はパスキーで / import it into"
+        " the browser; juki then asks for a passkey",
+        "",
+        "  判定の理由 / why (BYOD from home → LGWAN: denied):",
+        f"    sekisho policy explain --config {file} --url https://{docs}/ --user tanaka "
+        "--group staff --ip 203.0.113.5 --mfa totp --device-profile byod",
+    ]
+
+
 def prepare_demo(data_dir: Path, workers: int | None, *, port: int = LISTEN_PORT,
                  admin_port: int = ADMIN_PORT) -> Launch:
     from sekisho.config.demo import DEMO_FILE, demo_config
     from sekisho.demo.apps import APPS, start_demo_apps
+    from sekisho.devices.ca import CaPaths, init_ca
     from sekisho.gateway.keys import KeyRing
     from sekisho.storage.database import create_database_engine, upgrade
     from sekisho.storage.keys import SigningKeyRepository
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    if not CaPaths.of(data_dir / "ca").intermediate_cert.exists():
+        # The demo's device CA (tls.client_certificates: optional reads it from here).
+        init_ca(data_dir / "ca", organisation="Sekisho Demo")
     issuer = f"https://portal.localhost:{port}"
     ports = start_demo_apps(f"http://127.0.0.1:{admin_port}/.well-known/sekisho/jwks.json",
                             issuer)

@@ -14,6 +14,13 @@ and revokes every session of its user in one transaction (`storage.edr`), evicts
 this process's caches at once, and is audited (`device.compromised`). Other worker processes
 see it within `session.cache_ttl` (default 1 s). Without `hooks.edr` the path answers 404.
 Every answer is JSON `{error, message}` or `{status, ...}`; refusals are audited.
+
+Failed calls — a missing, malformed or wrong signature, a stale timestamp, a replayed event
+id — are throttled per source address (key `edr-ip:<ip>`, the sign-in throttle with
+`throttle.ip_max_failures`) against online probing of the endpoint. A correctly signed new
+event is acted on even from a throttled address: otherwise anyone sharing the EDR's address
+(its vendor's cloud egress, a NAT, a proxy not listed in `trusted_proxies`) could lock the
+real alerts out with a few bad calls and keep a compromised device connected.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sekisho.audit.events import DeviceCompromised, EdrHookRefused, SessionRevoked
+from sekisho.devices.handlers import address_limits
 from sekisho.errors import SekishoError, StorageError
 from sekisho.storage import edr as store
 from sekisho.storage.devices import DeviceNotFound
@@ -44,6 +52,10 @@ MAX_BODY = 8 * 1024
 _DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _EVENT_ID = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces
 _MAX_REASON = 100
+
+
+def edr_ip_key(address: str) -> str:
+    return "edr-ip:" + address[:64]
 
 
 class EdrRefused(SekishoError):
@@ -139,8 +151,13 @@ class _EdrHook:
             verify(secret.reveal().encode("utf-8"), request.header(TIMESTAMP_HEADER),
                    request.header(SIGNATURE_HEADER), request.body,
                    now=self.ctx.clock().timestamp())
+        except EdrRefused as exc:  # not from the key holder: counted against the address
+            throttled = await self._count_failure(request)
+            return throttled or await self._refused(exc.code, exc.description, exc.status,
+                                                    request)
+        try:
             event = parse_event(request.body)
-        except EdrRefused as exc:
+        except EdrRefused as exc:  # signed, so the EDR's own mistake: audited, not counted
             return await self._refused(exc.code, exc.description, exc.status, request)
         reason = "edr:" + event.reason
         try:
@@ -153,8 +170,12 @@ class _EdrHook:
         except StorageError as exc:
             return _error("storage-unavailable", exc.description, 503)
         if done is None:
-            return json_response({"status": "already-processed", "event_id": event.event_id,
-                                  "message": "処理済みです / already processed"})
+            # A replay (a captured call sent again within the time window) or the sender's
+            # retry: nothing is done again, and it counts as a failure of the address.
+            throttled = await self._count_failure(request)
+            return throttled or json_response({"status": "already-processed",
+                                               "event_id": event.event_id,
+                                               "message": "処理済みです / already processed"})
         self.ctx.sessions.evict(done.session_ids)
         if self.ctx.device_trust is not None:
             self.ctx.device_trust.evict(done.device_id)
@@ -167,6 +188,32 @@ class _EdrHook:
         return json_response({"status": "suspended", "device_id": done.device_id,
                               "sessions_revoked": len(done.session_ids),
                               "already_suspended": not done.suspended})
+
+    async def _count_failure(self, request: Request) -> Response | None:
+        """Count a failed call against its address; a 429 answer while the address is locked.
+
+        A throttled call is refused without being counted (the lock runs its course) and
+        audited as `throttled`, as sign-in does.
+        """
+        settings = address_limits(self.ctx.current_config().throttle)
+        key = [edr_ip_key(request.client_ip)]
+        throttle = self.ctx.throttle
+        try:
+            verdict = await asyncio.to_thread(throttle.check_keys, key, settings)
+            if verdict.allowed:
+                locked = await asyncio.to_thread(throttle.record_failure_keys, key,
+                                                 request.client_ip, settings)
+        except StorageError as exc:  # cannot count: refuse rather than let probing run free
+            return _error("storage-unavailable", exc.description, 503)
+        if not verdict.allowed:
+            await self.ctx.audit.append(EdrHookRefused(reason="throttled",
+                                                       source_ip=request.client_ip))
+            return _error("throttled", "失敗が多すぎます。しばらく待ってください / too many "
+                          "failed calls, try again later", 429,
+                          (("Retry-After", str(max(1, round(verdict.retry_after)))),))
+        for event in locked:
+            await self.ctx.audit.append(event)
+        return None
 
     async def _refused(self, code: str, message: str, status: int,
                        request: Request) -> Response:

@@ -15,6 +15,11 @@ the gateway denies with 503 (fail closed), never "enrolled".
 An enrolled device also gets its posture profile from its latest stored report, cached with
 the registry row and re-classified on every request against the current time (a report
 that went stale since it was cached turns the device into `quarantine` at once).
+
+When an entry runs out, the requests that find it missing share one registry load instead
+of each starting their own (under keep-alive load every in-flight request of a busy device
+would otherwise hit the database at once, every `ttl`). `evict` also forgets a load in
+flight, so a load that began before a change is never cached after it.
 """
 
 from __future__ import annotations
@@ -82,6 +87,9 @@ def load_report(engine: Engine, device_id: str) -> PostureReport | None:
         return None
 
 
+_Loaded = tuple[DeviceRecord | None, PostureReport | None]
+
+
 class DeviceTrust:
     """Registry lookups for the gateway, cached for at most `ttl` seconds per device."""
 
@@ -91,6 +99,7 @@ class DeviceTrust:
         self._clock = clock
         self._wall_clock = wall_clock
         self._cache: dict[str, tuple[float, DeviceRecord | None, PostureReport | None]] = {}
+        self._loading: dict[str, asyncio.Task[_Loaded]] = {}
 
     async def standing(self, identity: DeviceIdentity, ttl: float,
                        settings: DeviceSettings | None = None) -> DeviceStanding:
@@ -99,13 +108,35 @@ class DeviceTrust:
         cached = self._cache.get(identity.device_id)
         if cached is not None and 0 <= now - cached[0] < ttl:
             _, record, report = cached
-        else:
+        elif ttl > 0:
+            record, report = await self._shared_load(identity.device_id, now)
+        else:  # no cache: every request reads the registry itself
             record, report = await asyncio.to_thread(self._load, identity.device_id)
-            if ttl > 0:
-                if len(self._cache) >= CACHE_MAX:
-                    self._cache.clear()
-                self._cache[identity.device_id] = (now, record, report)
         return standing(identity, record, self._wall_clock(), report, settings)
+
+    async def _shared_load(self, device_id: str, started: float) -> _Loaded:
+        task = self._loading.get(device_id)
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
+            task = asyncio.ensure_future(self._load_and_cache(device_id, started))
+            # Its waiters read its error; if they all left, it is read here (not logged as lost).
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+            self._loading[device_id] = task
+        # shield: one waiter giving up (its client left) must not cancel the others' load.
+        return await asyncio.shield(task)
+
+    async def _load_and_cache(self, device_id: str, started: float) -> _Loaded:
+        this = asyncio.current_task()
+        try:
+            loaded = await asyncio.to_thread(self._load, device_id)
+        finally:
+            current = self._loading.get(device_id)
+            if current is this:
+                del self._loading[device_id]
+        if current is this:  # not evicted meanwhile: a change may have come after the read
+            if len(self._cache) >= CACHE_MAX:
+                self._cache.clear()
+            self._cache[device_id] = (started, *loaded)
+        return loaded
 
     def _load(self, device_id: str) -> tuple[DeviceRecord | None, PostureReport | None]:
         record = store.get_device(self._engine, device_id)
@@ -114,5 +145,7 @@ class DeviceTrust:
         return record, load_report(self._engine, device_id)
 
     def evict(self, device_id: str) -> None:
-        """Forget one device at once (a change made through this process)."""
+        """Forget one device at once (a change made through this process), and any load of
+        it in flight: requests after this read the registry again."""
         self._cache.pop(device_id, None)
+        self._loading.pop(device_id, None)

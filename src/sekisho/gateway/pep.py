@@ -101,24 +101,9 @@ async def decide(
             log.exception("device lookup failed: denying (fail closed)")
             return Verdict(STORAGE_DENY, session, 503)
     try:
-        facts = Facts(
-            authenticated=session is not None,
-            user=session.username if session else None,
-            email=session.email if session else "",
-            groups=session.groups if session else frozenset(),
-            source_ip=client_ip,
-            method=method,
-            path=path,
-            host=host,
-            route=route.id,
-            segment=route.segment,
-            now=datetime.fromtimestamp(now, UTC),
-            auth_methods=session.auth_methods if session else frozenset(),
-            auth_time=session.last_proof if session else None,
-            idp=session.idp if session else "",
-            holidays=holidays,
-            **_device_facts(certificate, standing),
-        )
+        facts = request_facts(session, route, client_ip=client_ip, method=method, path=path,
+                              host=host, now=now, holidays=holidays, certificate=certificate,
+                              standing=standing)
         decision = evaluate(facts, policy)
         if not isinstance(decision, Decision) or decision.allow is not True:
             return Verdict(
@@ -127,6 +112,41 @@ async def decide(
     except Exception:
         log.exception("policy evaluation failed: denying (fail closed)")
         return Verdict(POLICY_DENY, session, 503)
+
+
+def request_facts(
+    session: SessionInfo | None,
+    route: Route,
+    *,
+    client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    method: str,
+    path: str,
+    host: str,
+    now: float,
+    holidays: frozenset[date] = frozenset(),
+    certificate: ClientCertificate | None = None,
+    standing: DeviceStanding = NOT_ENROLLED,
+) -> Facts:
+    """The PDP's facts for one request. The one builder: the staff portal asks "could this
+    user open that route now?" with exactly the facts the gateway would use."""
+    return Facts(
+        authenticated=session is not None,
+        user=session.username if session else None,
+        email=session.email if session else "",
+        groups=session.groups if session else frozenset(),
+        source_ip=client_ip,
+        method=method,
+        path=path,
+        host=host,
+        route=route.id,
+        segment=route.segment,
+        now=datetime.fromtimestamp(now, UTC),
+        auth_methods=session.auth_methods if session else frozenset(),
+        auth_time=session.last_proof if session else None,
+        idp=session.idp if session else "",
+        holidays=holidays,
+        **_device_facts(certificate, standing),
+    )
 
 
 def _device_facts(certificate: ClientCertificate | None,

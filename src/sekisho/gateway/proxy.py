@@ -4,7 +4,8 @@ The request head is rebuilt from parsed values (never copied bytes), and the bod
 re-framed by us (Content-Length or chunked), so what the upstream reads as one request is
 exactly what we parsed as one request: no framing disagreement, no smuggling. Bodies stream
 both ways with back-pressure. A WebSocket upgrade, once the upstream answers 101, becomes a
-byte splice between the two sockets.
+byte splice between the two sockets, handed to `on_splice` (the gateway's watch, which
+re-decides it while it lasts and cuts it when access ends).
 """
 
 from __future__ import annotations
@@ -20,6 +21,30 @@ from sekisho.gateway.upstream import Origin, UpstreamConnection, UpstreamError, 
 
 Header = tuple[bytes, bytes]
 _REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+
+
+class Splice:
+    """One upgraded connection as the watch sees it: bytes each way so far, and `cut()`."""
+
+    __slots__ = ("_client", "_upstream", "bytes_in", "bytes_out")
+
+    def __init__(self, client: ClientConnection, upstream: UpstreamConnection) -> None:
+        self._client = client
+        self._upstream = upstream
+        self.bytes_in = 0  # client to upstream
+        self.bytes_out = 0  # upstream to client
+
+    def cut(self) -> None:
+        """Drop both sockets now (abort, not close: nothing still buffered for a client
+        whose access just ended is delivered after the decision)."""
+        self._upstream.closed = True
+        for transport in (self._upstream.transport, self._client.transport):
+            if transport is not None:
+                transport.abort()
+
+
+# Called with the splice once bytes flow; returns what to call when the splice ends.
+SpliceHook = Callable[[Splice], Callable[[], None]]
 
 
 @dataclass(slots=True)
@@ -72,6 +97,7 @@ async def forward(
     read_timeout: float,
     websocket: bool,
     extra_headers: Sequence[Header] = (),
+    on_splice: SpliceHook | None = None,
 ) -> Outcome:
     """Send the exchange upstream and stream the response to the client."""
     loop = client.loop
@@ -111,7 +137,7 @@ async def forward(
     status = upstream.status
 
     if websocket and status == 101:
-        return await _splice(client, exchange, upstream, upstream_seconds)
+        return await _splice(client, upstream, upstream_seconds, on_splice)
 
     headers, length = response_framing(upstream.headers)
     has_length = no_body = False
@@ -174,8 +200,8 @@ async def forward(
     return Outcome(status, sent[0], keep_alive, upstream_seconds)
 
 
-async def _splice(client: ClientConnection, exchange: Exchange,
-                  upstream: UpstreamConnection, upstream_seconds: float) -> Outcome:
+async def _splice(client: ClientConnection, upstream: UpstreamConnection,
+                  upstream_seconds: float, on_splice: SpliceHook | None) -> Outcome:
     """After a 101: forward the upgrade answer, then copy bytes both ways until either closes."""
     upstream.disarm()
     parts = [status_line(101)]
@@ -186,15 +212,18 @@ async def _splice(client: ClientConnection, exchange: Exchange,
     client_transport, upstream_transport = client.transport, upstream.transport
     assert client_transport is not None and upstream_transport is not None
     done: asyncio.Future[None] = client.loop.create_future()
+    splice = Splice(client, upstream)
 
     def finish() -> None:
         if not done.done():
             done.set_result(None)
 
     def to_upstream(data: bytes) -> None:
+        splice.bytes_in += len(data)
         upstream_transport.write(data)
 
     def to_client(data: bytes) -> None:
+        splice.bytes_out += len(data)
         client_transport.write(data)
 
     upstream.splice = to_client
@@ -222,8 +251,13 @@ async def _splice(client: ClientConnection, exchange: Exchange,
         client_gone()
     if upstream.closed:
         upstream_gone()
-    await done
-    return Outcome(101, 0, False, upstream_seconds)
+    release = on_splice(splice) if on_splice is not None else None
+    try:
+        await done
+    finally:
+        if release is not None:
+            release()
+    return Outcome(101, splice.bytes_out, False, upstream_seconds)
 
 
 class _Closer:

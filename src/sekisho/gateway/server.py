@@ -4,6 +4,8 @@ One request: parse (connection.py) → host and normalised path → route → re
 JWKS → session → policy (pep.py) → audit health → header hygiene + assertion → upstream
 (proxy.py) → audit record and metrics. Each step that cannot complete denies; the snapshot
 (`current()`) is read once per request, so a reload never splits a request across configs.
+A WebSocket, once upgraded, is handed to the watch (watch.py), which decides it again while
+it lasts.
 """
 
 from __future__ import annotations
@@ -46,10 +48,11 @@ from sekisho.gateway.pep import (
 )
 from sekisho.gateway.proxy import forward, request_head, status_line
 from sekisho.gateway.upstream import Origin, UpstreamError, UpstreamPool, parse_origin
+from sekisho.gateway.watch import LiveConnections
 from sekisho.observability import metrics
 from sekisho.runtime import Runtime
 from sekisho.services import AuditSink, SessionLookup
-from sekisho.web import RESERVED_PREFIX, Handler, Request, Response
+from sekisho.web import PORTAL_PATH, RESERVED_PREFIX, Handler, Request, Response, redirect
 
 log = logging.getLogger("sekisho.gateway")
 
@@ -79,6 +82,7 @@ class Gateway:
         clock: Callable[[], float] = time.time,
         upstream_ssl: ssl_module.SSLContext | None = None,
         devices: DeviceTrust | None = None,
+        watch: LiveConnections | None = None,
     ) -> None:
         self.current = current
         self.sessions = sessions
@@ -86,6 +90,7 @@ class Gateway:
         self.keyring = keyring
         self.handlers = handlers
         self.devices = devices  # the registry behind client certificates (mTLS); None: off
+        self.watch = watch  # open WebSockets, decided again while they last (gateway.watch)
         self.clock = clock
         self.pool = UpstreamPool(upstream_ssl)
         self.signer = AssertionSigner(keyring, clock)
@@ -266,7 +271,8 @@ class Gateway:
             target = normalise(exchange.url, host)
         except InvalidTarget:
             return self.page(conn, exchange, 400)[0]
-        if not runtime.routes.has_host(host):
+        # The portal host (`portal.host`) serves Sekisho's own pages even without a route.
+        if not runtime.routes.has_host(host) and host != config.portal.host:
             return self.page(conn, exchange, 404)[0]
         trusted = config.trusted_proxies
         peer_trusted = is_trusted(conn.peer, trusted)
@@ -284,6 +290,9 @@ class Gateway:
                                         client_ip=str(client_ip), scheme=scheme)
         route = runtime.routes.match(host, target.path)
         if route is None:
+            if host == config.portal.host and target.path == "/" and \
+                    exchange.method in ("GET", "HEAD"):
+                return self.respond(conn, exchange, redirect(PORTAL_PATH, 302))[0]
             return self.page(conn, exchange, 404)[0]
         if target.ambiguous and not route.allow_ambiguous_paths:
             return self.page(conn, exchange, 400)[0]  # path confusion: see gateway.paths
@@ -309,7 +318,8 @@ class Gateway:
         try:
             status, bytes_out, keep = await self._proxy(
                 conn, exchange, runtime, route=route, target=target, session=session,
-                chain=chain, scheme=scheme, host_header=host_header)
+                chain=chain, scheme=scheme, host_header=host_header, cookie_token=token,
+                host=host, client_ip=client_ip)
         except UpstreamError as exc:
             if exc.started or conn.closed:
                 status, keep = 502, False
@@ -327,7 +337,8 @@ class Gateway:
 
     async def _proxy(self, conn: ClientConnection, exchange: Exchange, runtime: Runtime, *,
                      route: Route, target: Target, session: Any, chain: list[Any],
-                     scheme: str, host_header: str) -> tuple[int, int, bool]:
+                     scheme: str, host_header: str, cookie_token: str | None, host: str,
+                     client_ip: Any) -> tuple[int, int, bool]:
         config = runtime.config
         origin = self._origin(runtime, route)
         timeouts = route.timeouts or config.timeouts
@@ -351,9 +362,15 @@ class Gateway:
         upstream_host = host_header.encode("latin-1") if route.preserve_host \
             else origin.host_header
         head = request_head(exchange.method, path, upstream_host, headers, exchange)
+        on_splice = None
+        if websocket and self.watch is not None:  # only upgrades: HTTP requests pay nothing
+            on_splice = self.watch.hook(
+                token=cookie_token, session=session, route=route, host=host, path=target.path,
+                method=exchange.method, client_ip=client_ip, certificate=conn.certificate,
+                ambiguous=bool(target.ambiguous))
         outcome = await forward(self.pool, conn, exchange, origin, head,
                                 connect_timeout=timeouts.connect, read_timeout=timeouts.read,
-                                websocket=websocket)
+                                websocket=websocket, on_splice=on_splice)
         self.tally.upstream_latency(route.id, outcome.upstream_seconds)
         return outcome.status, outcome.bytes_out, outcome.keep_alive
 
@@ -403,6 +420,7 @@ class Gateway:
             headers=[(n.decode("latin-1").lower(), v.decode("latin-1"))
                      for n, v in exchange.headers],
             client_ip=client_ip, scheme=scheme, host=host, body=body,
+            certificate=conn.certificate,
         )
         try:
             request.session = await find_session(self.sessions, token)

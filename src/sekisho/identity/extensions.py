@@ -25,6 +25,7 @@ from sekisho.web import Handler
 
 if TYPE_CHECKING:
     from sekisho.devices.trust import DeviceTrust
+    from sekisho.runtime import Runtime
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,9 @@ class IdentityContext:
     flows: SignInFlows  # after_primary / pending / complete / step_up
     throttle: Throttle
     device_trust: DeviceTrust | None = None  # the gateway's mTLS registry cache, when on
+    # The live snapshot (routes, compiled policies); None where no gateway runs (the staff
+    # portal then offers no pages: it cannot decide without the policies in force).
+    current_runtime: Callable[[], Runtime] | None = None
 
 
 HandlerBuilder = Callable[[IdentityContext], Mapping[str, Handler]]
@@ -46,12 +50,13 @@ HandlerBuilder = Callable[[IdentityContext], Mapping[str, Handler]]
 # The MFA pages (TOTP, recovery codes, step-up) are added by `signin.build_signin_handlers`.
 def _builtin() -> tuple[HandlerBuilder, ...]:
     # Imported here: the methods import this module for IdentityContext.
+    from sekisho.console import portal
     from sekisho.devices import edr
     from sekisho.devices import handlers as devices
     from sekisho.identity import oidc, passkey_pages
 
     return (oidc.build_handlers, passkey_pages.build_handlers, devices.build_handlers,
-            edr.build_handlers)
+            edr.build_handlers, portal.build_handlers)
 
 
 BUILDERS: tuple[HandlerBuilder, ...] = _builtin()

@@ -22,8 +22,8 @@ LANG_COOKIE = "sekisho_lang"
 LOCALE_DIR = Path(__file__).with_name("locale")
 
 
-def _compile(lang: str) -> Translations:
-    with (LOCALE_DIR / lang / "LC_MESSAGES" / "messages.po").open("rb") as handle:
+def _compile(lang: str, locale_dir: Path) -> Translations:
+    with (locale_dir / lang / "LC_MESSAGES" / "messages.po").open("rb") as handle:
         catalog = read_po(handle, locale=lang)
     buffer = BytesIO()
     write_mo(buffer, catalog)
@@ -31,7 +31,12 @@ def _compile(lang: str) -> Translations:
     return Translations(fp=buffer, domain="messages")
 
 
-TRANSLATIONS: dict[str, Translations] = {lang: _compile(lang) for lang in LANGUAGES}
+def load_translations(locale_dir: Path = LOCALE_DIR) -> dict[str, Translations]:
+    """Fresh ja/en translations from `locale_dir` (another package's pages have their own)."""
+    return {lang: _compile(lang, locale_dir) for lang in LANGUAGES}
+
+
+TRANSLATIONS: dict[str, Translations] = load_translations()
 
 
 def _accept_language(header: str) -> str | None:

@@ -9,17 +9,24 @@ and OIDC pages cannot drift apart on these defences.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import jinja2
+from babel.support import Translations
 
 from sekisho.config.model import Config
 from sekisho.identity import csrf as csrf_mod
 from sekisho.identity.csrf import CsrfProtector
-from sekisho.identity.i18n import TRANSLATIONS, choose_language, language_cookie
+from sekisho.identity.i18n import (
+    TRANSLATIONS,
+    choose_language,
+    language_cookie,
+    load_translations,
+)
 from sekisho.identity.principal import SessionInfo
 from sekisho.web import Request, Response, html
 
@@ -40,39 +47,65 @@ MSG_METHOD = N_("This method is not allowed here.")
 TITLE_ERROR = N_("Error")
 
 
-def _environments() -> dict[str, jinja2.Environment]:
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """The templates and ja/en messages of one package's pages."""
+
+    environments: Mapping[str, jinja2.Environment]
+    translations: Mapping[str, Translations]
+
+
+def _catalog(loader: jinja2.BaseLoader, translations: dict[str, Translations]) -> Catalog:
     envs = {}
-    for lang, translations in TRANSLATIONS.items():
+    for lang, messages in translations.items():
         env = jinja2.Environment(
-            loader=jinja2.PackageLoader("sekisho.identity", "templates"),
-            autoescape=True, extensions=["jinja2.ext.i18n"], undefined=jinja2.StrictUndefined)
-        env.install_gettext_translations(translations, newstyle=True)  # type: ignore[attr-defined]
+            loader=loader, autoescape=True, extensions=["jinja2.ext.i18n"],
+            undefined=jinja2.StrictUndefined)
+        env.install_gettext_translations(messages, newstyle=True)  # type: ignore[attr-defined]
         envs[lang] = env
-    return envs
+    return Catalog(envs, translations)
 
 
-_ENVS = _environments()
+IDENTITY = _catalog(jinja2.PackageLoader("sekisho.identity", "templates"), TRANSLATIONS)
+
+
+def package_catalog(package: str, locale_dir: Path) -> Catalog:
+    """`package`'s templates and messages in front of the identity pages' own, so its pages
+    can extend `base.html` and share its strings; its catalog wins where both define one."""
+    translations = load_translations()  # fresh objects: merging must not alter IDENTITY's
+    for lang, messages in load_translations(locale_dir).items():
+        translations[lang].merge(messages)
+    loader = jinja2.ChoiceLoader([jinja2.PackageLoader(package, "templates"),
+                                  jinja2.PackageLoader("sekisho.identity", "templates")])
+    return _catalog(loader, translations)
 
 
 class PageKit:
     """Renders pages and handles CSRF for one installation; shared by all identity pages."""
 
-    def __init__(self, *, current_config: Callable[[], Config], csrf: CsrfProtector) -> None:
-        self.config, self.csrf = current_config, csrf
+    def __init__(self, *, current_config: Callable[[], Config], csrf: CsrfProtector,
+                 catalog: Catalog = IDENTITY) -> None:
+        self.config, self.csrf, self.catalog = current_config, csrf, catalog
+
+    def with_catalog(self, catalog: Catalog) -> PageKit:
+        """The same kit (configuration, CSRF key) rendering another package's pages."""
+        return PageKit(current_config=self.config, csrf=self.csrf, catalog=catalog)
 
     def gettext(self, request: Request, message: str) -> str:
         lang, _ = choose_language(request, self.config().default_language)
-        return str(TRANSLATIONS[lang].ugettext(message))
+        return str(self.catalog.translations[lang].ugettext(message))
 
     def render(self, request: Request, template: str, title: str, *, status: int = 200,
                error: str = "", headers: list[tuple[str, str]] | None = None,
-               **context: Any) -> Response:
+               keep: Mapping[str, str] | None = None, **context: Any) -> Response:
+        """`keep`: query parameters the language switch link must carry over."""
         lang, explicit = choose_language(request, self.config().default_language)
-        env = _ENVS[lang]
-        gettext = TRANSLATIONS[lang].ugettext
+        env = self.catalog.environments[lang]
+        gettext = self.catalog.translations[lang].ugettext
         params = {"lang": "en" if lang == "ja" else "ja"}
         if context.get("rd"):
             params["rd"] = context["rd"]
+        params.update(keep or {})
         extra = list(headers or [])
         if explicit:
             extra.append(("Set-Cookie", language_cookie(lang, secure=self.secure(request))))

@@ -2,10 +2,12 @@
 
 The cookie carries `secrets.token_urlsafe(32)`; storage keeps only its SHA-256, so the
 database never holds a usable token. A looked-up session is cached in this process for at
-most `SessionSettings.cache_ttl` seconds: that is the longest a revocation made by *another*
-process (the CLI, another gateway worker) can take to be seen here. A revocation through this
-manager evicts at once. `last_seen_at` is written at most once per `touch_interval` per
-session, never on every request; the idle timeout is therefore precise to that interval.
+most `SessionSettings.cache_ttl` seconds. A revocation through this manager evicts at once;
+one made by *another* process (the CLI, another gateway worker) is announced on the change
+feed, and the gateway's watch evicts it here within a poll (`storage.changes`) —
+`cache_ttl` remains the bound should that feed be unreadable. `last_seen_at` is written at
+most once per `touch_interval` per session, never on every request; the idle timeout is
+therefore precise to that interval.
 
 Storage work runs in a thread (`asyncio.to_thread`) so the event loop never waits on the
 database; a storage failure raises `StorageError` and the gateway denies (fail closed).
@@ -123,6 +125,16 @@ class SessionManager:
             return cached.info
         return await asyncio.to_thread(self._load, session_id, now)
 
+    async def lookup_fresh(self, token: str, *, activity: bool) -> SessionInfo | None:
+        """Read the session from storage, never from the cache (re-checking an open
+        WebSocket right after a change must not see a stale cached copy). Only `activity`
+        (the client sent something since the last check) counts towards the idle timeout:
+        an unattended tab's WebSocket must not keep its session alive."""
+        if not _TOKEN_RE.fullmatch(token or ""):
+            return None
+        return await asyncio.to_thread(self._load, session_id_for(token), self._clock(),
+                                       activity)
+
     def lookup_sync(self, token: str) -> SessionInfo | None:
         """The same as `lookup` for synchronous callers (tests, CLI)."""
         if not _TOKEN_RE.fullmatch(token or ""):
@@ -143,7 +155,7 @@ class SessionManager:
         idle = (now - last_seen).total_seconds()
         return now >= info.expires_at or idle >= self.settings.idle_timeout
 
-    def _load(self, session_id: str, now: datetime) -> SessionInfo | None:
+    def _load(self, session_id: str, now: datetime, touch: bool = True) -> SessionInfo | None:
         record = store.load_session(self._engine, session_id)
         if record is None or record.revoked_at is not None or record.user_disabled:
             self._evict(session_id)
@@ -158,7 +170,7 @@ class SessionManager:
             self._evict(session_id)
             return None
         last_seen = record.last_seen_at
-        if (now - last_seen).total_seconds() >= self.touch_interval:
+        if touch and (now - last_seen).total_seconds() >= self.touch_interval:
             store.touch(self._engine, session_id, now)
             last_seen = now
         with self._lock:
@@ -183,6 +195,17 @@ class SessionManager:
         with self._lock:
             for session_id in session_ids:
                 self._cache.pop(session_id, None)
+
+    def evict_user(self, user_id: int) -> None:
+        """Forget every cached session of a user (disabled, signed out everywhere, groups
+        changed: announced on the change feed by another process)."""
+        with self._lock:
+            for session_id in [k for k, v in self._cache.items() if v.info.user_id == user_id]:
+                del self._cache[session_id]
+
+    def evict_all(self) -> None:
+        """Forget everything cached (the change feed may have been missed)."""
+        self._evict_all()
 
     def _evict_all(self) -> None:
         with self._lock:

@@ -54,6 +54,7 @@ from sekisho.web import Handler, Request, Response
 
 if TYPE_CHECKING:
     from sekisho.devices.trust import DeviceTrust
+    from sekisho.runtime import Runtime
 
 SIGNIN, SIGNOUT = PREFIX + "/signin", PREFIX + "/signout"
 _MAX_NAME = 128
@@ -196,6 +197,7 @@ def build_signin_handlers(
     audit: AuditSink, clock: Callable[[], datetime] | None = None,
     hasher: PasswordHasher | None = None, csrf: CsrfProtector | None = None,
     builders: Iterable[HandlerBuilder] | None = None, device_trust: DeviceTrust | None = None,
+    current_runtime: Callable[[], Runtime] | None = None,
 ) -> dict[str, Handler]:
     """Every identity handler keyed by exact path (password, MFA, and `extensions.BUILDERS`).
 
@@ -223,7 +225,7 @@ def build_signin_handlers(
     context = IdentityContext(current_config=current_config, engine=engine,
                               sessions=sessions, audit=audit, clock=clock, pages=kit,
                               flows=flows, throttle=pages.throttle,
-                              device_trust=device_trust)
+                              device_trust=device_trust, current_runtime=current_runtime)
     for build in (extensions.BUILDERS if builders is None else builders):
         for path, handler in build(context).items():
             if path in handlers:

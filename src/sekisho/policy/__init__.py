@@ -3,6 +3,8 @@
 `compile_policy(name, document)` checks a YAML-parsed policy once per configuration snapshot;
 `evaluate(facts, policy)` decides one request, with reason codes from the closed list in
 `REASONS`; `explain(facts, policy)` gives the same decision with a readable trace.
+`guard(guardrail, policy)` puts a route's policy under a segment guardrail
+(`sekisho.policy.guardrails`), and the result is still decided by `evaluate`.
 This package imports nothing else from Sekisho and does no I/O: the gateway
 gathers the facts and passes plain data in (see docs/policy.md).
 """
@@ -16,6 +18,7 @@ from sekisho.policy.engine import (
     Policy,
     compile_policy,
     evaluate,
+    guard,
 )
 from sekisho.policy.errors import PolicyError
 from sekisho.policy.explain import Explanation, Step, explain
@@ -38,4 +41,5 @@ __all__ = [
     "evaluate",
     "explain",
     "explain_reason",
+    "guard",
 ]

@@ -6,6 +6,9 @@ is a nested BLOCK or a criterion `{name: argument}`. Deny wins; a request that n
 block matches is denied. There is one form only: anything else is a `PolicyError` naming
 the path and what is expected, because a policy that "sort of" parses is a policy that
 allows something nobody meant to allow.
+
+`guard(guardrail, policy)` puts a route's policy under a segment guardrail (see
+`policy.guardrails`): the result is again a `Policy`, so `evaluate` stays the one entry point.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ class Policy:
     deny: _nodes.Run | None
     # The document as written, for `explain` (the compiled closures cannot show themselves).
     document: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # The guardrail this policy is evaluated under (`guard`); its verdict is already part of
+    # `deny`, it is kept here so `explain` can show it.
+    guardrail: Policy | None = field(default=None, compare=False, repr=False)
 
 
 def evaluate(facts: Facts, policy: Policy) -> Decision:
@@ -57,6 +63,41 @@ def evaluate(facts: Facts, policy: Policy) -> Decision:
         return allow(facts).as_allow
     except Exception:
         return POLICY_ERROR
+
+
+_NOT_MATCHED = _nodes.Outcome.make(False, ())
+_GUARDRAIL_DEFAULT_DENY = _nodes.Outcome.make(True, ("default-deny",))
+
+
+def guard(guardrail: Policy, policy: Policy) -> Policy:
+    """`policy` evaluated under `guardrail`: the guardrail first, then the route's policy.
+
+    The guardrail's verdict becomes the first part of the combined policy's `deny`: when the
+    guardrail denies (its deny block matched, or its allow block did not), the request is
+    denied with the guardrail's own reasons — so `mfa-required` from a guardrail still sends
+    the user to step up. Otherwise the route's policy decides as if alone. A route policy can
+    therefore only narrow what the guardrail lets through, never widen it; an exception in
+    either part reaches `evaluate`'s handler and denies (`policy-error`).
+    """
+    if guardrail.guardrail is not None or policy.guardrail is not None:
+        raise ValueError("a guardrail cannot be guarded, and a policy is guarded once")
+    guard_deny, guard_allow, route_deny = guardrail.deny, guardrail.allow, policy.deny
+
+    def deny(facts: Facts) -> _nodes.Outcome:
+        if guard_deny is not None:
+            outcome = guard_deny(facts)
+            if outcome.value:
+                return outcome
+        if guard_allow is None:
+            return _GUARDRAIL_DEFAULT_DENY
+        outcome = guard_allow(facts)
+        if not outcome.value:
+            return outcome.negated  # same reasons, now "the deny side matched"
+        if route_deny is not None:
+            return route_deny(facts)
+        return _NOT_MATCHED
+
+    return Policy(policy.name, policy.allow, deny, policy.document, guardrail)
 
 
 def compile_policy(name: str, document: Mapping[str, Any]) -> Policy:

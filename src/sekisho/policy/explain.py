@@ -8,13 +8,17 @@ document and evaluates it again, straightforwardly, with the engine's rules (den
 `deny` or `not`). It is an independent second implementation on purpose: a property test
 checks that it reaches the same decision and reasons as `evaluate` for every input, so an
 explanation can never describe a decision the gateway did not make.
+
+A policy put under a segment guardrail (`engine.guard`) is explained in two parts, in the
+engine's order: the guardrail first; when it denies, its reasons are the decision and the
+route's policy is shown as not reached.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time
 from typing import Any
 
@@ -48,17 +52,23 @@ class Step:
 
 @dataclass(frozen=True, slots=True)
 class Explanation:
-    """A decision with its trace. `decided_by`: deny, allow, default-deny or policy-error."""
+    """A decision with its trace.
+
+    `decided_by`: deny, allow, default-deny, policy-error, or guardrail (the guardrail
+    denied, so the route's policy did not count). `guardrail` is the guardrail's own
+    explanation when the policy was evaluated under one.
+    """
 
     policy: str
     decision: Decision
     decided_by: str
     deny: Step | None
     allow: Step | None
+    guardrail: Explanation | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (dates as ISO 8601 text)."""
-        return {
+        out: dict[str, Any] = {
             "policy": self.policy,
             "allow": self.decision.allow,
             "reasons": list(self.decision.reasons),
@@ -69,6 +79,9 @@ class Explanation:
                 if step is not None
             },
         }
+        if self.guardrail is not None:
+            out["guardrail"] = self.guardrail.to_dict()
+        return out
 
 
 class _Failed(Exception):
@@ -77,12 +90,24 @@ class _Failed(Exception):
 
 def explain(facts: Facts, policy: Policy) -> Explanation:
     """Decide `facts` with `policy` as `evaluate` does, and say how. Fails closed the same way."""
+    guardrail = policy.guardrail
+    if guardrail is None:
+        return _explain(facts, policy, True)
+    verdict = _explain(facts, guardrail, True)
+    if verdict.decision.allow is True:
+        return replace(_explain(facts, policy, True), guardrail=verdict)
+    route = _explain(facts, policy, False)  # the engine never looks at it
+    by = "policy-error" if verdict.decided_by == "policy-error" else "guardrail"
+    return Explanation(policy.name, verdict.decision, by, route.deny, route.allow, verdict)
+
+
+def _explain(facts: Facts, policy: Policy, reached: bool) -> Explanation:
     document = policy.document
     try:
-        deny = _block(document["deny"], ("deny",), facts, True, True) if "deny" in document \
-            else None
+        deny = _block(document["deny"], ("deny",), facts, True, reached) \
+            if "deny" in document else None
         denied = deny is not None and deny.matched
-        allow = _block(document["allow"], ("allow",), facts, False, not denied) \
+        allow = _block(document["allow"], ("allow",), facts, False, reached and not denied) \
             if "allow" in document else None
     except Exception:  # _Failed, or facts/document of the wrong shape: fail closed
         return Explanation(policy.name, POLICY_ERROR, "policy-error", None, None)
@@ -160,6 +185,10 @@ _TEXT = {
                         "the policy has no allow block (deny by default)"),
     "by-policy-error": ("評価中にエラーが起きました（フェイルクローズ）",
                         "an error occurred while evaluating (fail closed)"),
+    "by-guardrail": ("セグメントのガードレールが拒否（ルートのポリシーは使われません）",
+                     "the segment guardrail denied (the route's policy does not count)"),
+    "guardrail": ("ガードレール", "Guardrail"),
+    "route-policy": ("ルートのポリシー", "Route policy"),
 }
 
 
@@ -169,27 +198,49 @@ def _t(key: str, language: str) -> str:
 
 
 def render(explanation: Explanation, language: str = "ja") -> list[str]:
-    """The explanation as lines of text in `language` ("ja" or "en")."""
+    """The explanation as lines of text in `language` ("ja" or "en").
+
+    Under a guardrail: the decision, the guardrail's verdict and trace, then the route
+    policy's trace (marked not reached when the guardrail denied).
+    """
     if language not in LANGUAGES:
         raise ValueError(f"unsupported language {language!r} (expected 'ja' or 'en')")
     decision = explanation.decision
-    verdict = _t("allowed" if decision.allow else "denied", language)
-    by = explanation.decided_by
-    if by == "allow":
-        by = "allow-yes" if decision.allow else "allow-no"
     lines = [
-        f"{_t('decision', language)}: {verdict} — {_t('by-' + by, language)}",
+        f"{_t('decision', language)}: {_verdict(explanation, language)}",
         f"{_t('reasons', language)}:",
     ]
     lines += [f"  - {code}: {explain_reason(code, language)}" for code in decision.reasons]
-    lines.append(f"{_t('trace', language)}:")
+    guardrail = explanation.guardrail
+    if guardrail is not None:
+        lines.append(f"{_t('guardrail', language)} {guardrail.policy}: "
+                     f"{_verdict(guardrail, language)}")
+        _render_blocks(guardrail, language, lines, reached=True)
+        lines.append(f"{_t('route-policy', language)} {explanation.policy}:")
+    else:
+        lines.append(f"{_t('trace', language)}:")
+    _render_blocks(explanation, language, lines, reached=explanation.decided_by != "guardrail")
+    return lines
+
+
+def _verdict(explanation: Explanation, language: str) -> str:
+    allowed = explanation.decision.allow
+    by = explanation.decided_by
+    if by == "allow":
+        by = "allow-yes" if allowed else "allow-no"
+    return f"{_t('allowed' if allowed else 'denied', language)} — {_t('by-' + by, language)}"
+
+
+def _render_blocks(explanation: Explanation, language: str, lines: list[str],
+                   reached: bool) -> None:
+    note = "" if reached else _t("not-reached", language)
     for name, step in (("deny", explanation.deny), ("allow", explanation.allow)):
         if step is None:
             lines.append(f"  {name}{_t('absent', language)}")
             continue
-        lines.append(f"  {name}:")
-        _render_step(step, language, 2, lines, parent_reached=True)
-    return lines
+        lines.append(f"  {name}:{note}")
+        # Not reached as a whole: the one note above says so, not every node below it.
+        _render_step(step, language, 2, lines, parent_reached=reached)
 
 
 def _render_step(

@@ -17,6 +17,7 @@ from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from sekisho.errors import SekishoError, StorageError
+from sekisho.storage import changes
 from sekisho.storage.models import Device, EnrolmentCode, User
 from sekisho.storage.users import utc
 
@@ -169,16 +170,21 @@ def set_status(engine: Engine, device_id: str, status: str, *, now: datetime,
     if status not in ("suspended", "revoked"):
         raise ValueError(status)
     allowed = ("active",) if status == "suspended" else ("active", "suspended")
-    return _update(engine, device_id, Device.status.in_(allowed), status=status,
-                   revoked_at=now, revoked_reason=reason[:128])
+    # Announced on the change feed in the same transaction: every gateway process forgets
+    # the device's cached standing and closes its open WebSockets at once.
+    return _update(engine, device_id, Device.status.in_(allowed), announce=now,
+                   status=status, revoked_at=now, revoked_reason=reason[:128])
 
 
-def _update(engine: Engine, device_id: str, condition: Any, **values: Any) -> bool:
+def _update(engine: Engine, device_id: str, condition: Any, *,
+            announce: datetime | None = None, **values: Any) -> bool:
     try:
         with engine.begin() as conn:
             result = conn.execute(update(Device)
                                   .where(Device.device_id == device_id, condition)
                                   .values(**values))
+            if announce is not None and result.rowcount == 1:
+                changes.record(conn, changes.DEVICE, [device_id], announce)
     except SQLAlchemyError as exc:
         raise _fail(exc) from None
     if result.rowcount == 0 and get_device(engine, device_id) is None:

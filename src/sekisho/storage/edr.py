@@ -18,6 +18,7 @@ from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from sekisho.errors import StorageError
+from sekisho.storage import changes
 from sekisho.storage.devices import DeviceNotFound
 from sekisho.storage.models import Device, EdrEvent, Session, User
 
@@ -63,6 +64,10 @@ def mark_compromised(engine: Engine, *, event_id: str, device_id: str, reason: s
             if ids:
                 conn.execute(update(Session).where(Session.id.in_(ids))
                              .values(revoked_at=now, revoked_reason=reason[:128]))
+            # Every gateway process learns both at once, with this transaction's commit.
+            changes.record(conn, changes.DEVICE, [device_id], now)
+            if ids:
+                changes.record(conn, changes.USER, [row.user_id], now)
     except IntegrityError:
         return None  # the primary key already holds this event id: replay or retry
     except SQLAlchemyError as exc:

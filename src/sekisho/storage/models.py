@@ -292,3 +292,23 @@ class PostureNonce(Base):
     device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(UTC, index=True)
+
+
+class Change(Base):
+    """One committed change running gateways must act on at once (migration 0009).
+
+    Written in the same transaction as the revocation, disabling or suspension it announces,
+    so it is never lost and never seen before that change is visible. `kind` is "session",
+    "user" or "device"; `subject` the session id, user id or device id. Rows are pruned after
+    an hour (`storage.changes`): a reader that fell further behind re-checks everything.
+    """
+
+    __tablename__ = "changes"
+    # Ids only grow, never reused after pruning (SQLite AUTOINCREMENT; a sequence elsewhere):
+    # readers remember the last id they saw.
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(String(128))
+    occurred_at: Mapped[datetime] = mapped_column(UTC, index=True)

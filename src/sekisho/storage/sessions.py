@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from sekisho.errors import StorageError
+from sekisho.storage import changes
 from sekisho.storage.models import Group, GroupMember, Session, User
 from sekisho.storage.users import utc
 
@@ -126,20 +127,27 @@ def touch(engine: Engine, session_id: str, now: datetime) -> None:
 
 
 def revoke(engine: Engine, session_id: str, now: datetime, reason: str) -> bool:
-    """Mark one session revoked; False if unknown or already revoked."""
+    """Mark one session revoked; False if unknown or already revoked.
+
+    Announced on the change feed in the same transaction: every gateway process drops it
+    from its cache and closes its open WebSockets at once (`storage.changes`).
+    """
     try:
         with engine.begin() as conn:
             result = conn.execute(
                 update(Session)
                 .where(Session.id == session_id, Session.revoked_at.is_(None))
                 .values(revoked_at=now, revoked_reason=reason[:128]))
+            if result.rowcount > 0:
+                changes.record(conn, changes.SESSION, [session_id], now)
     except SQLAlchemyError as exc:
         raise _fail(exc) from None
     return result.rowcount > 0
 
 
 def revoke_user(engine: Engine, user_id: int, now: datetime, reason: str) -> list[str]:
-    """Revoke every live session of a user; returns the revoked session ids."""
+    """Revoke every live session of a user (announced as a change of the user); returns the
+    revoked session ids."""
     try:
         with engine.begin() as conn:
             ids = list(conn.execute(
@@ -148,6 +156,7 @@ def revoke_user(engine: Engine, user_id: int, now: datetime, reason: str) -> lis
             if ids:
                 conn.execute(update(Session).where(Session.id.in_(ids))
                              .values(revoked_at=now, revoked_reason=reason[:128]))
+                changes.record(conn, changes.USER, [user_id], now)
     except SQLAlchemyError as exc:
         raise _fail(exc) from None
     return ids

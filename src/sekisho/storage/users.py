@@ -19,6 +19,7 @@ from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from sekisho.errors import SekishoError, StorageError
+from sekisho.storage import changes
 from sekisho.storage.models import Group, GroupMember, User
 
 # Letters, digits and . _ - @ after canonicalisation; no spaces or control characters, so a
@@ -192,7 +193,22 @@ def set_password_hash(
 def set_disabled(
     engine: Engine, username: str, disabled: bool, *, now: datetime | None = None
 ) -> UserRecord:
-    return _update_user(engine, username, disabled=disabled, updated_at=now or _now())
+    """Disable or enable; disabling is announced on the change feed in the same transaction
+    (every gateway process closes the user's open WebSockets at once)."""
+    name = canonical_name(username)
+    moment = now or _now()
+    try:
+        with engine.begin() as conn:
+            user_id = conn.execute(select(User.id).where(User.username == name)).scalar()
+            if user_id is None:
+                raise NotFound(f"ユーザー {name} が見つかりません / no user {name}")
+            conn.execute(update(User).where(User.id == user_id)
+                         .values(disabled=disabled, updated_at=moment))
+            if disabled:
+                changes.record(conn, changes.USER, [user_id], moment)
+    except SQLAlchemyError as exc:
+        raise _storage_error(exc) from None
+    return require_user(engine, name)
 
 
 def update_user(
@@ -267,6 +283,8 @@ def add_member(engine: Engine, group: str, username: str) -> bool:
     try:
         with engine.begin() as conn:
             conn.execute(insert(GroupMember).values(group_id=g.id, user_id=u.id))
+            # A group can also be named by a deny rule: membership changes are announced.
+            changes.record(conn, changes.USER, [u.id])
     except IntegrityError:
         return False
     except SQLAlchemyError as exc:
@@ -281,6 +299,8 @@ def remove_member(engine: Engine, group: str, username: str) -> bool:
         with engine.begin() as conn:
             result = conn.execute(delete(GroupMember).where(
                 GroupMember.group_id == g.id, GroupMember.user_id == u.id))
+            if result.rowcount > 0:
+                changes.record(conn, changes.USER, [u.id])
     except SQLAlchemyError as exc:
         raise _storage_error(exc) from None
     return result.rowcount > 0
