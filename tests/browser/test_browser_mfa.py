@@ -176,7 +176,10 @@ def test_passkey_registration_second_factor_passwordless_and_step_up(
     shot(page, "stepup", doc="stepup")
     with page.expect_navigation():
         page.click("form[action='/.sekisho/stepup'] button")
-    page.wait_for_url(re.compile(r"/\.sekisho/mfa$"))
+    # Only a passkey cures this route: the choice page offers no TOTP form (a TOTP step-up
+    # would end in the same denial).
+    page.wait_for_url(re.compile(r"/\.sekisho/mfa\?need=passkey$"))
+    assert page.locator("form[action='/.sekisho/mfa/totp']").count() == 0
     with page.expect_navigation():
         page.click("a[href='/.sekisho/passkeys/verify']")
     page.wait_for_selector("#passkey-start")

@@ -126,7 +126,7 @@ class WatchedGateway:
         this can only be caught by the feed, not by the check at registration."""
         deadline = time.monotonic() + 5
         while any(live.checking or live.timer is None
-                  for live in list(self.live._all)):  # noqa: SLF001 - the test looks inside
+                  for live in list(self.live._all)):  # the test looks inside
             assert time.monotonic() < deadline, "the registration check did not finish"
             time.sleep(0.01)
 

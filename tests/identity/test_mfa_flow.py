@@ -269,3 +269,43 @@ def test_csrf_is_required_on_step_up(app):
     browser.sign_in("suzuki")
     response = browser.request("POST", "/.sekisho/stepup", form={"csrf": "x", "rd": RD})
     assert response.status == 403 and FLOW_COOKIE not in browser.cookies
+
+
+def test_step_up_for_a_passkey_only_route_does_not_offer_totp(app, clock):
+    """The gateway says `need=passkey` (e.g. the β′ マイナンバー guardrail): a TOTP step-up
+    would end in the same denial, a loop. A user without a passkey is told to register one."""
+    secret, _ = app.enrol(_uid(app, "suzuki"))
+    browser = Browser(app)
+    browser.sign_in("suzuki")
+    browser.post_code("/.sekisho/mfa/totp", app.code(secret))
+    page = browser.request("GET", "/.sekisho/stepup", f"rd={RD}&need=passkey")
+    text = page.body.decode()
+    assert page.status == 200 and "パスキー" in text
+    assert 'href="/.sekisho/passkeys"' in text and 'action="/.sekisho/stepup"' not in text
+    form_page = browser.request("GET", "/.sekisho/stepup", f"rd={RD}")  # for a CSRF token
+    started = browser.request("POST", "/.sekisho/stepup", form={
+        "csrf": re.search(rb'name="csrf" value="([^"]+)"', form_page.body).group(1).decode(),
+        "rd": RD, "need": "passkey"})
+    assert started.status == 303 and location(started) == "/.sekisho/passkeys"
+    assert FLOW_COOKIE not in browser.cookies  # no step-up flow that could only fail
+
+
+def test_step_up_passes_the_need_on_and_the_choice_page_filters(app, clock):
+    secret, _ = app.enrol(_uid(app, "suzuki"))
+    browser = Browser(app)
+    browser.sign_in("suzuki")
+    browser.post_code("/.sekisho/mfa/totp", app.code(secret))
+    page = browser.request("GET", "/.sekisho/stepup", f"rd={RD}&need=totp")
+    assert b'name="need" value="totp"' in page.body
+    started = browser.request("POST", "/.sekisho/stepup", form={
+        "csrf": re.search(rb'name="csrf" value="([^"]+)"', page.body).group(1).decode(),
+        "rd": RD, "need": "totp"})
+    assert location(started) == "/.sekisho/mfa?need=totp"
+    offered = browser.request("GET", "/.sekisho/mfa", "need=totp")
+    assert b'action="/.sekisho/mfa/totp"' in offered.body
+    assert b"/.sekisho/mfa/recovery" not in offered.body  # a recovery code is not TOTP
+    only_passkeys = browser.request("GET", "/.sekisho/mfa", "need=passkey")
+    assert b'action="/.sekisho/mfa/totp"' not in only_passkeys.body
+    # An unknown value is ignored, never echoed.
+    odd = browser.request("GET", "/.sekisho/stepup", f"rd={RD}&need=%3Cscript%3E")
+    assert b"<script>" not in odd.body and b'name="need" value=""' in odd.body

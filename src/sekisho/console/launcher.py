@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from sekisho.config.model import Route
-from sekisho.gateway.pep import STEP_UP_REASONS
+from sekisho.gateway.pep import STEP_UP_REASONS, with_fresh_proof
 from sekisho.policy import Decision, Facts, Policy, evaluate
 
 Access = Literal["open", "step-up", "device"]
@@ -68,7 +68,7 @@ class SegmentGroup:
 
 def after_step_up(facts: Facts) -> Facts:
     """The same request after the user proved a second factor just now."""
-    return replace(facts, auth_methods=facts.auth_methods | FRESH_FACTORS, auth_time=facts.now)
+    return with_fresh_proof(facts, FRESH_FACTORS)
 
 
 def with_device(facts: Facts, cure: DeviceCure) -> Facts:

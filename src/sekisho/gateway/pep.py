@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import quote
@@ -28,8 +28,13 @@ log = logging.getLogger("sekisho.gateway")
 STORAGE_DENY = Decision(False, ("storage-unavailable",))
 POLICY_DENY = Decision(False, ("policy-error",))
 AUDIT_DENY = Decision(False, ("audit-unavailable",))
-# A deny made only of these reasons is cured by proving identity again: step up, don't 403.
+# A deny naming one of these may be cured by proving identity again: step up, don't 403.
 STEP_UP_REASONS = frozenset({"mfa-required", "auth-too-old"})
+# What a step-up adds to the session, by the kind of factor the step-up page asks for.
+STEP_UP_FACTORS = {
+    "totp": frozenset({"totp"}),
+    "passkey": frozenset({"webauthn", "webauthn_uv"}),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +44,7 @@ class Verdict:
     decision: Decision
     session: SessionInfo | None
     deny_status: int = 403  # 503 when the deny comes from an internal failure
+    facts: Facts | None = None  # on a policy deny: what was decided (for the step-up check)
 
 
 def cookie_value(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
@@ -107,7 +113,8 @@ async def decide(
         decision = evaluate(facts, policy)
         if not isinstance(decision, Decision) or decision.allow is not True:
             return Verdict(
-                decision if isinstance(decision, Decision) else POLICY_DENY, session, 403)
+                decision if isinstance(decision, Decision) else POLICY_DENY, session, 403,
+                facts)
         return Verdict(decision, session)
     except Exception:
         log.exception("policy evaluation failed: denying (fail closed)")
@@ -168,18 +175,38 @@ def _device_facts(certificate: ClientCertificate | None,
     }
 
 
-def needs_step_up(verdict: Verdict) -> bool:
-    """Signed in, and denied only for a missing or stale proof: the user can cure it."""
-    reasons = verdict.decision.reasons
-    return (verdict.session is not None and verdict.deny_status == 403 and bool(reasons)
-            and STEP_UP_REASONS.issuperset(reasons))
+def with_fresh_proof(facts: Facts, methods: frozenset[str]) -> Facts:
+    """The same request after the user proved `methods` just now."""
+    return replace(facts, auth_methods=facts.auth_methods | methods, auth_time=facts.now)
 
 
-def step_up_location(scheme: str, host_header: str, target: str) -> str:
+def step_up_cures(verdict: Verdict, policy: Policy | None) -> frozenset[str]:
+    """The kinds of step-up (`STEP_UP_FACTORS` keys) after which the PDP would allow this
+    denied request; empty when none would, or when the user is not signed in.
+
+    The reason codes only pre-select; the PDP decides the cure. An `and` names only its first
+    failure, so a non-admin may be told `mfa-required` by `and: [mfa, group: admins]` — a
+    step-up would end in 403 again. An `or` names all of them: a remote user is told
+    `source-ip-denied` and `mfa-required` by the internet guardrail, and a step-up lets them
+    in. And the マイナンバー guardrail wants a passkey: offering TOTP there would loop.
+    """
+    facts = verdict.facts
+    if (verdict.session is None or verdict.deny_status != 403 or facts is None
+            or policy is None or STEP_UP_REASONS.isdisjoint(verdict.decision.reasons)):
+        return frozenset()
+    return frozenset(kind for kind, methods in STEP_UP_FACTORS.items()
+                     if evaluate(with_fresh_proof(facts, methods), policy).allow)
+
+
+def step_up_location(scheme: str, host_header: str, target: str,
+                     cures: frozenset[str] = frozenset()) -> str:
     """The step-up page, back to `target` after (a form's body is not replayed: the page
-    says so, and the user submits it again)."""
+    says so, and the user submits it again). When only one kind of factor cures the denial,
+    `need=` tells the page to ask for that one (a hint for the page, not a permission: the
+    gateway decides the request again when the browser comes back)."""
     original = f"{scheme}://{host_header}{target}"
-    return f"{scheme}://{host_header}/.sekisho/stepup?rd={quote(original, safe='')}"
+    need = f"&need={next(iter(cures))}" if len(cures) == 1 else ""
+    return f"{scheme}://{host_header}/.sekisho/stepup?rd={quote(original, safe='')}{need}"
 
 
 def signin_location(scheme: str, host_header: str, target: str) -> str:

@@ -42,14 +42,15 @@ from sekisho.gateway.pep import (
     cookie_value,
     decide,
     find_session,
-    needs_step_up,
     signin_location,
+    step_up_cures,
     step_up_location,
 )
 from sekisho.gateway.proxy import forward, request_head, status_line
 from sekisho.gateway.upstream import Origin, UpstreamError, UpstreamPool, parse_origin
 from sekisho.gateway.watch import LiveConnections
 from sekisho.observability import metrics
+from sekisho.policy import Policy
 from sekisho.runtime import Runtime
 from sekisho.services import AuditSink, SessionLookup
 from sekisho.web import PORTAL_PATH, RESERVED_PREFIX, Handler, Request, Response, redirect
@@ -299,8 +300,9 @@ class Gateway:
 
         self._constants(runtime)
         token = cookie_value(exchange.headers, self._cookie_name)
+        policy = runtime.policy_for(route)
         verdict = await decide(
-            sessions=self.sessions, token=token, policy=runtime.policy_for(route),
+            sessions=self.sessions, token=token, policy=policy,
             route=route, client_ip=client_ip, method=exchange.method, path=target.path,
             host=host, now=self.clock(), holidays=config.holidays,
             certificate=conn.certificate, devices=self.devices,
@@ -310,8 +312,8 @@ class Gateway:
             verdict = Verdict(AUDIT_DENY, verdict.session, 503)  # cannot audit: deny
         if not verdict.decision.allow:
             return self._deny(conn, exchange, route=route, target=target, verdict=verdict,
-                              client_ip=client_ip, scheme=scheme, host_header=host_header,
-                              started=started)
+                              policy=policy, client_ip=client_ip, scheme=scheme,
+                              host_header=host_header, started=started)
 
         session = verdict.session
         status, bytes_out, keep = 502, 0, False
@@ -375,8 +377,8 @@ class Gateway:
         return outcome.status, outcome.bytes_out, outcome.keep_alive
 
     def _deny(self, conn: ClientConnection, exchange: Exchange, *, route: Route, target: Target,
-              verdict: Verdict, client_ip: Any, scheme: str, host_header: str,
-              started: float) -> bool:
+              verdict: Verdict, policy: Policy | None, client_ip: Any, scheme: str,
+              host_header: str, started: float) -> bool:
         wants_json = any(
             n.lower() == b"accept" and b"application/json" in v and b"text/html" not in v
             for n, v in exchange.headers)
@@ -390,8 +392,9 @@ class Gateway:
                 keep, sent = self.respond(conn, exchange, Response(
                     302, [("Location", location), ("Cache-Control", "no-store")]))
                 status = 302
-        elif needs_step_up(verdict) and not wants_json:
-            location = step_up_location(scheme, host_header, exchange.url.decode("latin-1"))
+        elif not wants_json and (cures := step_up_cures(verdict, policy)):
+            location = step_up_location(scheme, host_header, exchange.url.decode("latin-1"),
+                                        cures)
             keep, sent = self.respond(conn, exchange, Response(
                 303 if exchange.method not in ("GET", "HEAD") else 302,
                 [("Location", location), ("Cache-Control", "no-store")]))

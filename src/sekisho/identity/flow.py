@@ -27,6 +27,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from urllib.parse import urlencode
 
 from sqlalchemy import Engine
 
@@ -199,13 +200,16 @@ class SignInFlows:
         return Response(303, [("Location", target), ("Cache-Control", "no-store"),
                               ("Set-Cookie", self.flow_cookie(request, token))])
 
-    async def begin_step_up(self, request: Request, session: SessionInfo, rd: str) -> Response:
-        """Start a step-up flow for an existing session and send the browser to choose."""
+    async def begin_step_up(self, request: Request, session: SessionInfo, rd: str, *,
+                            need: str = "") -> Response:
+        """Start a step-up flow for an existing session and send the browser to choose
+        (only among the factors of kind `need`, when the gateway said which one cures)."""
         token = await self._start(
             request, _user_of(session), mode="stepup", method="", rd=rd,
             methods=tuple(sorted(session.auth_methods)), auth_time=session.auth_time,
             idp=session.idp, session_id=session.session_id)
-        return Response(303, [("Location", MFA_PATH), ("Cache-Control", "no-store"),
+        location = MFA_PATH + ("?" + urlencode({"need": need}) if need else "")
+        return Response(303, [("Location", location), ("Cache-Control", "no-store"),
                               ("Set-Cookie", self.flow_cookie(request, token))])
 
     async def _start(self, request: Request, user: UserRecord, *, mode: str, method: str,
@@ -344,8 +348,10 @@ class SignInFlows:
         ])
 
     def safe_target(self, rd: str) -> str:
+        """Where to send the browser after sign-in: `rd` when it is a path or an absolute
+        URL on a route host or the portal host (`portal.host`), else `/` (open redirect)."""
         config = self.config()
-        hosts = {route.host for route in config.routes}
+        hosts = {route.host for route in config.routes} | ({config.portal.host} - {""})
         scheme = "https" if config.tls.enabled else "http"
         return safe_redirect(rd, hosts, "/", scheme=scheme)
 

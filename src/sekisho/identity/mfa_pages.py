@@ -57,6 +57,20 @@ MSG_BAD_CODE = N_("The code is not valid. Check the time on your phone and try a
 MSG_THROTTLED = N_("Too many attempts. Wait a while before trying again.")
 MSG_FLOW_ENDED = N_("This sign-in has expired or was already completed. Please sign in again.")
 MSG_TOO_MANY = N_("Too many wrong codes. Please sign in again.")
+# `need=` from the gateway (gateway.pep.step_up_location): the one kind of factor that cures
+# the denial, mapped to the choice it keeps. A hint for what to offer, not a permission.
+NEEDS = {"totp": "totp", "passkey": "webauthn"}
+PASSKEYS_PATH = PREFIX + "/passkeys"
+
+
+def need_of(value: str | None) -> str:
+    """A known `need` value, or "" (anything else is ignored, never echoed)."""
+    return value if value in NEEDS else ""
+
+
+def offered(choices: list[FactorChoice], need: str) -> list[FactorChoice]:
+    """The enrolled factors worth offering: all of them, or only the one kind that cures."""
+    return [c for c in choices if not need or c.method == NEEDS[need]]
 
 
 @dataclass(slots=True)
@@ -100,8 +114,12 @@ class MfaPages:
 
     async def choose_page(self, request: Request, flow: PendingFlow, *, status: int = 200,
                           error: str = "") -> Response:
-        choices = await asyncio.to_thread(self.ctx.flows.enrolled_choices, flow.user.id)
-        recovery = await asyncio.to_thread(self.ctx.factors.has_recovery_codes, flow.user.id)
+        need = need_of(request.query_params().get("need"))
+        choices = offered(
+            await asyncio.to_thread(self.ctx.flows.enrolled_choices, flow.user.id), need)
+        # A recovery code proves "a second factor", never a passkey or TOTP in particular.
+        recovery = not need and await asyncio.to_thread(self.ctx.factors.has_recovery_codes,
+                                                        flow.user.id)
         token, headers = self.pages.issue_csrf(request)
         others = [(c.url, self.pages.gettext(request, c.label)) for c in choices
                   if c.method != "totp"]
@@ -216,31 +234,36 @@ class MfaPages:
     async def stepup(self, request: Request) -> Response:
         """An existing session that is too old or too weak proves a factor again."""
         session = request.session if isinstance(request.session, SessionInfo) else None
-        rd = (request.query_params().get("rd", "") if request.method != "POST"
-              else request.form().get("rd", ""))[:4096]
+        params = request.query_params() if request.method != "POST" else request.form()
+        rd, need = params.get("rd", "")[:4096], need_of(params.get("need"))
         if session is None:
             return redirect(SIGNIN_PATH + "?" + urlencode({"rd": rd}))
-        choices = await asyncio.to_thread(self.ctx.flows.enrolled_choices, session.user_id)
+        choices = offered(
+            await asyncio.to_thread(self.ctx.flows.enrolled_choices, session.user_id), need)
         # No factor yet: a recent sign-in may enrol one (then prove it); an old one signs in
         # again first. Sending it straight back to sign-in would loop on an MFA-only route.
-        enrol_url = TOTP_ENROL_PATH if not choices and \
-            await self.ctx.flows.may_change_factors(session) else ""
-        if request.method != "POST":
-            token, headers = self.pages.issue_csrf(request)
-            return self.pages.render(
-                request, "stepup.html", TITLE_STEPUP, headers=headers, csrf=token, rd=rd,
-                action=STEPUP_PATH, has_factor=bool(choices), enrol_url=enrol_url,
-                signin_url=SIGNIN_PATH + "?" + urlencode({"rd": rd}))
-        if not self.pages.csrf_ok(request, request.form()):
-            token, headers = self.pages.issue_csrf(request)
-            return self.pages.render(
-                request, "stepup.html", TITLE_STEPUP, status=403, error=MSG_CSRF,
-                headers=headers, csrf=token, rd=rd, action=STEPUP_PATH,
-                has_factor=bool(choices), enrol_url=enrol_url,
-                signin_url=SIGNIN_PATH + "?" + urlencode({"rd": rd}))
+        # Only a passkey cures: the user registers one on the passkeys page (which asks for
+        # a recent proof of an existing factor first), then opens the app again.
+        enrol_url = ""
         if not choices:
-            return redirect(enrol_url or SIGNIN_PATH + "?" + urlencode({"rd": rd}))
-        return await self.ctx.flows.begin_step_up(request, session, rd)
+            if need == "passkey":
+                enrol_url = PASSKEYS_PATH
+            elif await self.ctx.flows.may_change_factors(session):
+                enrol_url = TOTP_ENROL_PATH
+        signin_url = SIGNIN_PATH + "?" + urlencode({"rd": rd})
+        if request.method == "POST" and not self.pages.csrf_ok(request, request.form()):
+            status, error = 403, MSG_CSRF
+        elif request.method == "POST":
+            if not choices:
+                return redirect(enrol_url or signin_url)
+            return await self.ctx.flows.begin_step_up(request, session, rd, need=need)
+        else:
+            status, error = 200, ""
+        token, headers = self.pages.issue_csrf(request)
+        return self.pages.render(
+            request, "stepup.html", TITLE_STEPUP, status=status, error=error, headers=headers,
+            csrf=token, rd=rd, need=need, action=STEPUP_PATH, has_factor=bool(choices),
+            enrol_url=enrol_url, signin_url=signin_url)
 
     def handlers(self) -> dict[str, Handler]:
         return {MFA_PATH: self._safe(self.choose), TOTP_PATH: self._safe(self.totp_code),
