@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 
@@ -29,3 +30,19 @@ def _commands() -> set[str]:
 def test_every_command_is_documented_and_every_documented_command_exists() -> None:
     table = set(re.findall(r"^\| `(sekisho [a-z -]+?)` \|", OPERATIONS.read_text(), re.M))
     assert table == _commands()
+
+
+def test_a_closed_pipe_ends_the_command_quietly() -> None:
+    """`sekisho … | head`: the reader leaves early; no traceback reaches the terminal."""
+    import subprocess
+    import sys
+
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader is gone before the command writes a byte
+    try:
+        done = subprocess.run([sys.executable, "-m", "sekisho", "config", "schema"],
+                              stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60,
+                              check=False)
+    finally:
+        os.close(writer)
+    assert "Traceback" not in done.stderr and done.returncode == 141, done.stderr
