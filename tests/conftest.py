@@ -2,7 +2,8 @@
 
 PostgreSQL tests are marked `postgres`. Without a server (SEKISHO_TEST_PG_URL unset and
 nothing on 127.0.0.1:5432) they are skipped with a note on how to enable them — unless
-SEKISHO_REQUIRE_POSTGRES=1 (set by `.ci/run`), which turns the skip into a failure.
+SEKISHO_REQUIRE_POSTGRES=1 (set by `.ci/run`), which turns the skip into a failure. Where
+the server is and whether it answers lives in `tests/pg.py`, which test files import.
 """
 
 from __future__ import annotations
@@ -16,38 +17,8 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
+from pg import PG_URL, postgres_or_skip
 from sekisho.storage.database import create_database_engine, upgrade
-
-PG_URL = os.environ.get("SEKISHO_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REQUIRE_PG = os.environ.get("SEKISHO_REQUIRE_POSTGRES") == "1"
-_PG_HELP = (
-    "PostgreSQL not reachable at {url}: start one (trust auth, database `test`) or set "
-    "SEKISHO_TEST_PG_URL to run these tests"
-)
-
-
-def _postgres_available() -> bool:
-    try:
-        engine = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
-        with engine.connect() as connection:
-            connection.execute(text("select 1"))
-        engine.dispose()
-        return True
-    except Exception:
-        return False
-
-
-_PG_STATE: dict[str, bool] = {}
-
-
-def postgres_or_skip() -> None:
-    if "ok" not in _PG_STATE:
-        _PG_STATE["ok"] = _postgres_available()
-    if not _PG_STATE["ok"]:
-        message = _PG_HELP.format(url=PG_URL)
-        if REQUIRE_PG:
-            pytest.fail(message + " (SEKISHO_REQUIRE_POSTGRES=1)")
-        pytest.skip(message)
 
 
 @pytest.fixture

@@ -102,8 +102,21 @@ def load_snapshot(path: str) -> tuple[Runtime, str]:
     return build_runtime(config, digest), digest
 
 
-def reload(path: str | None, holder: RuntimeHolder, audit: AuditLog | None) -> bool:
-    """Validate the file and swap the snapshot; on any error keep the old one (logged)."""
+def log_warnings(config: Config, source: str | None) -> None:
+    """The configuration's warnings (config/segments.py: e.g. a マイナンバー route closed for
+    want of designated terminals) in the log, at start and at every reload: `check-config`
+    shows them only to whoever runs it, and a route nobody can reach must not go unnoticed."""
+    for warning in config.warnings:
+        log.warning("設定の警告 / configuration warning",
+                    extra={"fields": {"source": source or "demo", "warning": warning}})
+
+
+def reload(path: str | None, holder: RuntimeHolder, audit: AuditLog | None, *,
+           announce: bool = True) -> bool:
+    """Validate the file and swap the snapshot; on any error keep the old one (logged).
+
+    `announce`: log the new snapshot's warnings (one process of an installation does, so a
+    forked installation does not repeat each warning once per worker)."""
     from sekisho.audit.events import ConfigRejected, ConfigReloaded
 
     if path is None:
@@ -125,6 +138,8 @@ def reload(path: str | None, holder: RuntimeHolder, audit: AuditLog | None) -> b
                     extra={"fields": {"settings": pending}})
     holder.swap(runtime)
     log.info("configuration reloaded", extra={"fields": {"source": path, "sha256": digest}})
+    if announce:
+        log_warnings(runtime.config, path)
     if audit is not None:
         audit.append_sync(ConfigReloaded(
             source=path, sha256=digest, routes=len(runtime.config.routes),
@@ -140,14 +155,26 @@ def server_ssl_context(config: Config) -> ssl.SSLContext | None:
         return None
     client_ca = None
     if config.tls.client_certificates == "optional":
-        client_ca = config.tls.client_ca_dir or str(Path(config.server.data_dir) / "ca")
+        from sekisho.devices.ca import ca_directory
+
+        client_ca = str(ca_directory(config))
     if config.tls.self_signed:
-        hosts = (*tls.DEFAULT_HOSTS, *sorted({route.host for route in config.routes}))
-        cert, key = tls.self_signed(Path(config.server.data_dir), hosts)
+        cert, key = tls.self_signed(Path(config.server.data_dir), self_signed_hosts(config))
         return tls.server_context(str(cert), str(key), client_ca_dir=client_ca)
     assert config.tls.cert_file and config.tls.key_file
     return tls.server_context(config.tls.cert_file, config.tls.key_file,
                               client_ca_dir=client_ca)
+
+
+def self_signed_hosts(config: Config) -> tuple[str, ...]:
+    """Every name the listener answers to: the defaults, each route's host and the portal's
+    own host (without it the portal would be the one page a browser refuses)."""
+    from sekisho.gateway import tls
+
+    named = {route.host for route in config.routes}
+    if config.portal.host:
+        named.add(config.portal.host)
+    return (*tls.DEFAULT_HOSTS, *sorted(named - set(tls.DEFAULT_HOSTS)))
 
 
 def open_storage(config: Config) -> Engine:
@@ -187,7 +214,7 @@ async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_rel
     relay: AuditRelay | None = None
     if relay_socket:
         audit = relay = AuditRelay(relay_socket)
-        await relay.start()
+        await relay.start(give_up=master_gone)
     else:
         audit = local = AuditLog(
             engine,
@@ -230,7 +257,8 @@ async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_rel
 
     def on_hup() -> None:
         keyring.reload()
-        if reload(launch.config_path, holder, local if audit_reloads else None):
+        if reload(launch.config_path, holder, local if audit_reloads else None,
+                  announce=audit_reloads):
             sessions.update_settings(holder.get().config.session)
             live.reloaded()
 
@@ -239,6 +267,8 @@ async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_rel
     loop.add_signal_handler(signal.SIGINT, stop.set)
     if launch.banner is not None and admin:
         print(launch.banner(config), flush=True)
+    if admin:
+        log_warnings(config, launch.config_path)
     watcher = asyncio.ensure_future(_exit_with_master(stop)) if relay is not None else None
     log.info("gateway started", extra={"fields": {
         "pid": os.getpid(), "listen": [str(a) for a in config.server.listen]}})
@@ -259,14 +289,19 @@ async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_rel
     engine.dispose()
 
 
-async def _exit_with_master(stop: asyncio.Event) -> None:
-    """A worker whose master died (kill -9) could only answer 503: it exits instead, so the
-    port is free for a new master and its workers."""
+def master_gone() -> bool:
+    """Has this worker's master died (the worker was re-parented)?"""
     # The master's pid comes from the environment, not getppid() at start: a master killed
     # while this worker was still starting would otherwise look like a live parent.
     parent = int(os.environ.get(MASTER_PID_ENV) or os.getppid())
+    return os.getppid() != parent
+
+
+async def _exit_with_master(stop: asyncio.Event) -> None:
+    """A worker whose master died (kill -9) could only answer 503: it exits instead, so the
+    port is free for a new master and its workers."""
     while not stop.is_set():
-        if os.getppid() != parent:
+        if master_gone():
             log.error("master process gone; worker exits", extra={"fields": {"pid": os.getpid()}})
             stop.set()
             return
@@ -387,6 +422,7 @@ def _serve_forked(launch: Launch, workers: int) -> int:
         loop.add_signal_handler(signal.SIGINT, stop.set)
         if launch.banner is not None:
             print(launch.banner(launch.config), flush=True)
+        log_warnings(launch.config, launch.config_path)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)

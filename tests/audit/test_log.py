@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import Engine, text
 
-from conftest import free_port
+from pg import unreachable_url
 from sekisho.audit.chain import verify
 from sekisho.audit.events import AccessDecision, SignInSucceeded, UserChanged
 from sekisho.audit.log import AuditLog, AuditUnavailable
@@ -152,7 +152,7 @@ def test_fails_closed_while_the_database_is_broken_and_loses_nothing(
 
 
 def test_unreachable_postgresql_fails_closed() -> None:
-    engine = create_database_engine(f"postgresql://postgres@127.0.0.1:{free_port()}/none")
+    engine = create_database_engine(unreachable_url())
     log = AuditLog(engine, flush_interval=0.01)
     log.retry_max = 0.05
     log.start()

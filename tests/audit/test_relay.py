@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,23 @@ def test_master_gone_refuses_then_reconnects(engine: Engine, tmp_path: Path) -> 
     assert any('"user":"sato"' in b for b in bodies)
     assert not any('"user":"suzuki"' in b for b in bodies)  # refused: not recorded
     assert not any('"/n/1"' in b for b in bodies)
+
+
+def test_a_worker_stops_waiting_for_a_master_that_is_gone(tmp_path: Path) -> None:
+    """A master killed while its worker starts: the worker must not spend the whole connect
+    timeout dialling a dead socket (it exits with its master; see app.master_gone)."""
+
+    async def scenario() -> float:
+        relay = AuditRelay(str(tmp_path / "nobody.sock"))
+        relay.reconnect_delay = 0.05
+        started = time.monotonic()
+        await relay.start(timeout=10.0, give_up=lambda: True)
+        elapsed = time.monotonic() - started
+        assert not relay.healthy  # refuses: never a silent pass
+        await relay.close(timeout=0.1)
+        return elapsed
+
+    assert asyncio.run(scenario()) < 1.0
 
 
 def test_a_master_that_stops_acknowledging_makes_the_relay_refuse(tmp_path: Path) -> None:

@@ -133,3 +133,50 @@ def test_a_registry_that_cannot_answer_fails_every_waiter(tmp_path: Path) -> Non
     # is told "enrolled", and nothing is cached.
     assert all(isinstance(a, StorageError) for a in answers), answers
     assert asyncio.run(burst())[0].__class__ is StorageError
+
+
+def test_a_lost_change_feed_forgets_every_cached_device(engine: Engine) -> None:
+    from sekisho.audit.log import AuditLog
+    from sekisho.config.model import Config, SessionSettings
+    from sekisho.gateway.watch import LiveConnections
+    from sekisho.identity.sessions import SessionManager
+    from sekisho.runtime import build_runtime
+
+    identity = _enrolled(engine)
+    trust = DeviceTrust(engine)
+    assert asyncio.run(trust.standing(identity, 60)).enrolled
+    # Suspended by another process whose change-feed row this one never read (feed down).
+    assert devices.set_status(engine, DEVICE, "suspended", now=NOW, reason="lost")
+    assert asyncio.run(trust.standing(identity, 60)).enrolled  # still the cached answer
+    runtime = build_runtime(Config(source="<test>"))
+    live = LiveConnections(lambda: runtime, SessionManager(engine, SessionSettings()),
+                           AuditLog(engine), devices=trust)
+    # No WebSocket of this device is open: the resync must still drop its entry, since a
+    # plain HTTP request would otherwise be let in from the cache.
+    live.resync("storage")
+    assert not asyncio.run(trust.standing(identity, 60)).enrolled
+
+
+def test_evict_all_also_forgets_loads_in_flight(engine: Engine) -> None:
+    identity = _enrolled(engine)
+    trust = DeviceTrust(engine)
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM device_posture" in statement and not release.is_set():
+            entered.set()
+            assert release.wait(10)
+
+    event.listen(engine, "after_cursor_execute", hold)
+
+    async def scenario() -> bool:
+        started = asyncio.ensure_future(trust.standing(identity, 60))
+        while not entered.is_set():
+            await asyncio.sleep(0.01)
+        assert devices.set_status(engine, DEVICE, "suspended", now=NOW, reason="lost")
+        trust.evict_all()
+        release.set()
+        await started
+        return (await trust.standing(identity, 60)).enrolled
+
+    assert asyncio.run(scenario()) is False

@@ -1,10 +1,22 @@
-"""Open redirect: every attack string falls back to the default; good targets survive."""
+"""Open redirect: every attack string falls back to the default; good targets survive.
+
+The same table runs through `SignInFlows.safe_target` (where the browser goes after
+sign-in), whose allowed hosts are the route hosts plus the portal host (`portal.host`).
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
+
 import pytest
 
+from sekisho.config.model import Config, PortalSettings, Route
+from sekisho.identity.flow import SignInFlows
 from sekisho.identity.redirects import safe_redirect
+from sekisho.identity.sessions import SessionManager
+from sekisho.services import AuditSink
+from sekisho.storage.database import create_database_engine
 
 HOSTS = {"good.example.jp", "app.city.lg.jp"}
 DEFAULT = "/"
@@ -90,3 +102,31 @@ def test_http_only_when_the_gateway_runs_without_tls():
     assert safe_redirect("http://good.example.jp/x", HOSTS, DEFAULT, scheme="http") \
         == "http://good.example.jp/x"
     assert safe_redirect("https://good.example.jp/x", HOSTS, DEFAULT, scheme="http") == DEFAULT
+
+
+def _flows(tmp_path: Path, audit: AuditSink, portal_host: str = "good.example.jp"
+           ) -> SignInFlows:
+    """Sign-in flows of a gateway with one route (app.city.lg.jp) and a portal host."""
+    config = Config(source="t", portal=PortalSettings(host=portal_host), routes=(
+        Route(id="app", host="app.city.lg.jp", path_prefix="/", to="http://127.0.0.1:9"),))
+    engine = create_database_engine(f"sqlite:///{tmp_path}/unused.db")  # never queried
+    return SignInFlows(engine=engine, sessions=SessionManager(engine, config.session),
+                       audit=audit, current_config=lambda: config, clock=lambda: datetime.now(UTC))
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_sign_in_never_returns_to_an_attack_target(attack, tmp_path, audit):
+    # good.example.jp is the portal host here, no route's: every trick against it still fails.
+    assert _flows(tmp_path, audit).safe_target(attack) == DEFAULT
+
+
+def test_sign_in_returns_to_the_portal_host(tmp_path, audit):
+    flows = _flows(tmp_path, audit)
+    assert flows.safe_target("https://good.example.jp/.sekisho/portal/?segment=lgwan") \
+        == "https://good.example.jp/.sekisho/portal/?segment=lgwan"
+    assert flows.safe_target("https://app.city.lg.jp/wiki") == "https://app.city.lg.jp/wiki"
+    assert flows.safe_target("/.sekisho/portal/") == "/.sekisho/portal/"
+    # Without a portal host, that host is nobody's: back to "/".
+    without = _flows(tmp_path, audit, portal_host="")
+    assert without.safe_target("https://good.example.jp/") == DEFAULT
+    assert without.safe_target("https://app.city.lg.jp/x") == "https://app.city.lg.jp/x"

@@ -14,6 +14,9 @@ from sekisho.identity.throttle import (
     after_failure,
     decide,
     ip_key,
+    is_address_key,
+    mfa_account_key,
+    mfa_ip_key,
 )
 from sekisho.storage.throttle import ThrottleRecord
 
@@ -59,6 +62,34 @@ def test_old_failures_are_forgotten():
 def test_key_normalisation():
     assert account_key(" ＴＡＮＡＫＡ ") == account_key("tanaka") == "account:tanaka"
     assert ip_key("192.0.2.1") == "ip:192.0.2.1"
+
+
+@pytest.mark.parametrize(("key", "address"), [
+    (ip_key("192.0.2.1"), True),
+    (mfa_ip_key("192.0.2.1"), True),
+    ("enrol-ip:192.0.2.1", True),  # device enrolment codes
+    ("edr-ip:2001:db8::1", True),  # the EDR webhook (an IPv6 address has colons too)
+    ("passkey-ip:192.0.2.1", True),  # any future per-address purpose
+    (account_key("tanaka"), False),
+    (mfa_account_key("tanaka"), False),
+    (account_key("x-ip:y"), False),  # a user name never makes an account key an address key
+    (account_key("ip"), False),
+    ("ipx:192.0.2.1", False),
+    ("ip-account:tanaka", False),
+])
+def test_address_keys_are_told_by_their_purpose(key, address):
+    assert is_address_key(key) is address
+
+
+@pytest.mark.parametrize("key", ["enrol-ip:192.0.2.1", "edr-ip:192.0.2.1"])
+def test_any_address_key_locks_at_the_address_limit(shell, clock, key):
+    # An office behind one NAT address: the account limit (5) must not lock it out.
+    for n in range(1, 9):
+        events = shell.record_failure_keys([key], "192.0.2.1", S)
+        assert (events == []) is (n < 8)
+        clock.advance(10)
+    assert [(e.key, e.failures) for e in events] == [(key, 8)]
+    assert shell.check_keys([key], S).reason == "locked"
 
 
 @pytest.fixture

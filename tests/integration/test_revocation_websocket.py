@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import re
 import secrets
@@ -31,6 +30,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import Server, ServerConnection, serve
 
+from pg import PG_URL, postgres_or_skip
 from sekisho.storage import changes
 from sekisho.storage.database import create_database_engine
 
@@ -436,14 +436,8 @@ def _postgres_schema() -> Iterator[str]:
     """A fresh schema on the test PostgreSQL for a whole module (see tests/conftest.py)."""
     from sqlalchemy import text
 
-    # tests/conftest.py by path: the name `conftest` may be another directory's by now.
-    spec = importlib.util.spec_from_file_location(
-        "_sekisho_tests_conftest", Path(__file__).resolve().parents[1] / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    shared = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shared)
-    pg_url: str = shared.PG_URL
-    shared.postgres_or_skip()
+    postgres_or_skip()
+    pg_url = PG_URL
     schema = "t_" + secrets.token_hex(6)
     admin = create_database_engine(pg_url)
     with admin.begin() as conn:

@@ -156,11 +156,14 @@ class AuditRelay(asyncio.Protocol):
 
     # -- life cycle ---------------------------------------------------------------------------
 
-    async def start(self, timeout: float = 10.0) -> None:
-        """Connect (retrying until `timeout`); keeps re-dialling in the background after."""
+    async def start(self, timeout: float = 10.0,
+                    give_up: Callable[[], bool] = lambda: False) -> None:
+        """Connect (retrying until `timeout`, or until `give_up()` says the master is gone);
+        keeps re-dialling in the background after."""
         self._loop = asyncio.get_running_loop()
         deadline = self._monotonic() + timeout
-        while not await self._dial() and self._monotonic() < deadline:
+        while (not await self._dial() and self._monotonic() < deadline
+               and not give_up()):
             await asyncio.sleep(self.reconnect_delay)
         self._tick()
         if self._transport is None:

@@ -236,14 +236,10 @@ def registry_device(engine: Any, runtime: Runtime, device_id: str, now: datetime
 
 def _issuer(runtime: Runtime) -> str:
     """The intermediate CA's name: the issuer of every device certificate ("" if unreadable)."""
-    from pathlib import Path
+    from sekisho.devices.ca import CaError, ca_directory, load_certificates
 
-    from sekisho.devices.ca import CaError, load_certificates
-
-    config = runtime.config
-    directory = config.tls.client_ca_dir or str(Path(config.server.data_dir) / "ca")
     try:
-        return load_certificates(directory)[1].subject.rfc4514_string()
+        return load_certificates(ca_directory(runtime.config))[1].subject.rfc4514_string()
     except (CaError, OSError, ValueError):
         return ""
 

@@ -1,7 +1,9 @@
 """`sekisho ca init|show`: the internal certificate authority for device certificates.
 
-The CA lives as files (default `<data_dir>/ca`); `init` never overwrites an existing one,
-because a new root would orphan every device certificate already issued.
+The CA lives as files in the directory `devices.ca.ca_directory` resolves from `--config`
+(`tls.client_ca_dir`, else `<data_dir>/ca`: the one the gateway reads and trusts); `init`
+never overwrites an existing one, because a new root would orphan every device certificate
+already issued.
 """
 
 from __future__ import annotations
@@ -13,9 +15,18 @@ from pathlib import Path
 from cryptography import x509
 
 from sekisho.cli._common import add_config_option
-from sekisho.devices.ca import CaError, CaPaths, fingerprint, init_ca, load_certificates
+from sekisho.devices.ca import (
+    CaError,
+    CaPaths,
+    ca_directory,
+    ca_directory_of,
+    fingerprint,
+    init_ca,
+    load_certificates,
+)
 
 DEFAULT_DIR = Path("./var/ca")
+_CA_FIELD = ("tls", "client_ca_dir")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,8 +41,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     show = commands.add_parser("show", help="CA 証明書の表示 / show the CA certificates")
     for sub in (init, show):
         sub.add_argument("--dir", metavar="DIR",
-                         help="CA のディレクトリ / CA directory (default: <data_dir>/ca from "
-                              "--config, else ./var/ca)")
+                         help="CA のディレクトリ / CA directory (default: tls.client_ca_dir, "
+                              "else <data_dir>/ca from --config; without --config ./var/ca)")
         add_config_option(sub)
     init.set_defaults(handler=_init)
     show.set_defaults(handler=_show)
@@ -41,10 +52,33 @@ def _directory(args: argparse.Namespace) -> Path:
     if args.dir:
         return Path(args.dir)
     if args.config:
-        from sekisho.config import loader
-
-        return Path(loader.load_config(args.config).server.data_dir) / "ca"
+        return configured_directory(args.config)
     return DEFAULT_DIR
+
+
+def configured_directory(config_path: str) -> Path:
+    """The CA directory the configuration at `config_path` names (`ca_directory`).
+
+    A file with `client_certificates: optional` and a `client_ca_dir` does not load until
+    the CA exists there — which is what `ca init` is run to make. Only that one problem is
+    set aside, and the directory is then read from the file's own `server` and `tls`
+    sections; any other problem is reported as usual.
+    """
+    from sekisho.config import loader
+    from sekisho.config.problems import InvalidConfig
+
+    try:
+        return ca_directory(loader.load_config(config_path))
+    except InvalidConfig as exc:
+        if not exc.problems or any(p.path != _CA_FIELD for p in exc.problems):
+            raise
+    from sekisho.config.build import Builder
+    from sekisho.config.yamlfile import decode, read_yaml
+
+    file = Path(config_path)
+    data, lines, _ = read_yaml(decode(file.read_bytes()))
+    builder = Builder(data, lines, {}, file.resolve().parent, config_path)
+    return ca_directory_of(builder.server(), builder.tls())
 
 
 def _passphrase(path: str | None) -> bytes | None:

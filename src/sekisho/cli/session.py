@@ -1,7 +1,9 @@
 """`sekisho session list|revoke`: see who is signed in, and end sessions now.
 
-A revocation is seen by every gateway process within `session.cache_ttl` seconds (the
-per-process cache); it is appended to the audit chain (`SessionRevoked`).
+A revocation is announced on the change feed in its own transaction, so every gateway
+process drops the session from its cache and cuts its WebSockets within a second;
+`session.cache_ttl` bounds the delay only while a process cannot read the feed
+(docs/revocation.md). It is appended to the audit chain (`SessionRevoked`).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from cryptography import x509
 
 from sekisho.config.model import Config, Route
 from sekisho.console.launcher import Assessment, DeviceCure, grouped, launcher
+from sekisho.devices.ca import ca_directory
 from sekisho.devices.trust import NOT_ENROLLED
 from sekisho.errors import SekishoError
 from sekisho.gateway.mtls import ClientCertificate
@@ -86,8 +87,7 @@ class _CaIssuer:
         self._issuer = ""
 
     def get(self, config: Config) -> str:
-        directory = config.tls.client_ca_dir or str(Path(config.server.data_dir) / "ca")
-        path = Path(directory) / "intermediate.pem"
+        path = ca_directory(config) / "intermediate.pem"
         try:
             stat = path.stat()
             stamp = (str(path), stat.st_mtime_ns, stat.st_size)

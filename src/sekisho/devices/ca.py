@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from sekisho.config.model import Config, ServerSettings, TLSSettings
 from sekisho.devices.identity import DEVICE_URN, INVENTORY_URN, DeviceIdentity, device_facts
 from sekisho.errors import SekishoError
 
@@ -67,6 +68,21 @@ class CaPaths:
         base = Path(directory)
         return cls(base, base / ROOT_CERT, base / ROOT_KEY,
                    base / INTERMEDIATE_CERT, base / INTERMEDIATE_KEY)
+
+
+def ca_directory(config: Config) -> Path:
+    """Where this installation's device CA lives: `tls.client_ca_dir`, else
+    `<server.data_dir>/ca`. The one answer for every part that touches the CA — the mTLS
+    listener, enrolment, posture intake, the CRL, the portal and `sekisho ca` — so that the
+    CA which issues certificates is the one the listener trusts."""
+    return ca_directory_of(config.server, config.tls)
+
+
+def ca_directory_of(server: ServerSettings, tls: TLSSettings) -> Path:
+    """`ca_directory` from the two sections it depends on (for callers without a `Config`)."""
+    if tls.client_ca_dir:
+        return Path(tls.client_ca_dir)
+    return Path(server.data_dir) / "ca"
 
 
 @dataclass(frozen=True, slots=True)

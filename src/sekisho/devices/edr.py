@@ -12,7 +12,8 @@ be refreshed without the key.
 An accepted event suspends the device (its certificate goes on the CRL as certificateHold)
 and revokes every session of its user in one transaction (`storage.edr`), evicts both from
 this process's caches at once, and is audited (`device.compromised`). Other worker processes
-see it within `session.cache_ttl` (default 1 s). Without `hooks.edr` the path answers 404.
+learn it from the change feed within a second (`session.cache_ttl`, default 1 s, bounds the
+delay only while the feed cannot be read). Without `hooks.edr` the path answers 404.
 Every answer is JSON `{error, message}` or `{status, ...}`; refusals are audited.
 
 Failed calls — a missing, malformed or wrong signature, a stale timestamp, a replayed event
@@ -35,7 +36,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sekisho.audit.events import DeviceCompromised, EdrHookRefused, SessionRevoked
-from sekisho.devices.handlers import address_limits
 from sekisho.errors import SekishoError, StorageError
 from sekisho.storage import edr as store
 from sekisho.storage.devices import DeviceNotFound
@@ -195,7 +195,7 @@ class _EdrHook:
         A throttled call is refused without being counted (the lock runs its course) and
         audited as `throttled`, as sign-in does.
         """
-        settings = address_limits(self.ctx.current_config().throttle)
+        settings = self.ctx.current_config().throttle  # `edr-ip:`: the address limit
         key = [edr_ip_key(request.client_ip)]
         throttle = self.ctx.throttle
         try:

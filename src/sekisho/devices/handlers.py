@@ -5,8 +5,9 @@
 stable code. No session is needed: the one-time code is the credential, so wrong codes are
 throttled per source address (key `enrol-ip:<ip>`, locked after `throttle.ip_max_failures`)
 against online guessing. `GET
-/.sekisho/devices/crl.pem` serves the current CRL. The CA is read from `<data_dir>/ca` with
-the passphrase from `$SEKISHO_CA_PASSPHRASE`; without a CA both answer 503 (fail closed).
+/.sekisho/devices/crl.pem` serves the current CRL. The CA is read from `devices.ca.ca_directory`
+(`tls.client_ca_dir`, else `<data_dir>/ca`: the one the mTLS listener trusts) with the
+passphrase from `$SEKISHO_CA_PASSPHRASE`; without a CA both answer 503 (fail closed).
 `POST /.sekisho/devices/posture` takes a signed posture report `{report, signature,
 certificate}` (checked by `devices.intake`: chain, registry, signature, freshness, nonce) and
 answers `{device_id, profile, failed_checks}`; it needs only the CA certificates, not the key.
@@ -15,7 +16,6 @@ answers `{device_id, profile, failed_checks}`; it needs only the CA certificates
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import threading
@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sekisho.audit.events import PostureReported
-from sekisho.config.model import ThrottleSettings
 from sekisho.devices import enrolment, intake
-from sekisho.devices.ca import CaError, CaPaths, CertificateAuthority, load_ca
+from sekisho.devices.ca import CaError, CaPaths, CertificateAuthority, ca_directory, load_ca
 from sekisho.devices.enrolment import EnrolmentError
 from sekisho.devices.posture import PostureError
 from sekisho.errors import StorageError
@@ -45,17 +44,6 @@ _MAX_FIELD = 256
 
 def enrol_ip_key(address: str) -> str:
     return "enrol-ip:" + address[:64]
-
-
-def address_limits(settings: ThrottleSettings) -> ThrottleSettings:
-    """The throttle settings for a device endpoint's per-address key (`enrol-ip:`, `edr-ip:`).
-
-    `identity.throttle` locks a key after `account_max_failures` unless it is a sign-in
-    address key (`ip:`, `mfa-ip:`). The device endpoints count source addresses only, so
-    their keys get the address limit: an office behind one NAT address must not be locked
-    out of enrolment by the account limit (5 by default) after a few mistyped codes.
-    """
-    return dataclasses.replace(settings, account_max_failures=settings.ip_max_failures)
 
 
 class _CaCache:
@@ -101,13 +89,13 @@ class _DeviceEndpoints:
         self.cache = _CaCache()
 
     def _ca_dir(self) -> Path:
-        return Path(self.ctx.current_config().server.data_dir) / "ca"
+        return ca_directory(self.ctx.current_config())
 
     async def enroll(self, request: Request) -> Response:
         if request.method != "POST":
             return _error("method-not-allowed", "POST のみ / POST only", 405,
                           (("Allow", "POST"),))
-        settings = address_limits(self.ctx.current_config().throttle)
+        settings = self.ctx.current_config().throttle  # `enrol-ip:`: the address limit
         key = enrol_ip_key(request.client_ip)
         verdict = await asyncio.to_thread(self.ctx.throttle.check_keys, [key], settings)
         if not verdict.allowed:

@@ -3,8 +3,10 @@
 The TLS handshake proves the certificate chained to the internal CA and is within its
 validity; it cannot know that an administrator suspended or revoked the device afterwards.
 So every request asks the registry, through a small cache whose entries live at most
-`ttl` seconds (the gateway passes `session.cache_ttl`): that is the longest a suspension
-or revocation made by another process (the CLI, another worker) takes to be seen here.
+`ttl` seconds (the gateway passes `session.cache_ttl`). A suspension, revocation or posture
+report made by another process (the CLI, another worker) reaches this one on the change
+feed, which calls `evict` (and `evict_all` when the feed could not be read): the TTL is the
+longest delay only while the feed cannot be read.
 
 `standing()` is the pure rule: enrolled only when the registry lists the device as active,
 with the same certificate serial (an older certificate of a re-enrolled device, or one
@@ -149,3 +151,9 @@ class DeviceTrust:
         it in flight: requests after this read the registry again."""
         self._cache.pop(device_id, None)
         self._loading.pop(device_id, None)
+
+    def evict_all(self) -> None:
+        """Forget every device and every load in flight: the change feed could not be read
+        (`gateway.watch` resync), so any entry may hide a suspension this process missed."""
+        self._cache.clear()
+        self._loading.clear()

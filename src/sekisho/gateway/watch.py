@@ -190,12 +190,13 @@ class LiveConnections:
                 self._start(live, row.kind)
 
     def resync(self, cause: str) -> None:
-        """Changes may have been missed ("storage", "gap"): forget everything, re-check all."""
+        """Changes may have been missed ("storage", "gap"): forget everything, re-check all.
+
+        Every cached device goes, not only those of open WebSockets: a plain HTTP request of
+        a device suspended while the feed was unreadable must not be let in from the cache."""
         self._sessions.evict_all()
         if self._devices is not None:
-            for live in self._all:
-                if live.device_id is not None:
-                    self._devices.evict(live.device_id)
+            self._devices.evict_all()
         self.recheck_all(cause)
 
     def reloaded(self) -> None:

@@ -4,8 +4,9 @@ The `webauthn` package checks the cryptography (client data type, challenge, ori
 hash, flags, signature, attestation); this module adds what only the server can know:
 - the challenge is server-side, random, single use, short-lived and bound to the pending
   sign-in flow, the session or the browser that asked for it (`storage.webauthn`);
-- the origin must be one the administrator listed, or `https://<route host>[:listen port]`
-  of the host being visited (phishing: an assertion made for another site never verifies);
+- the origin must be one the administrator listed, or `https://<host>[:listen port]` of the
+  route host or portal host (`portal.host`) being visited (phishing: an assertion made for
+  another site never verifies);
 - the credential must belong to the expected user, and its user handle must match;
 - the signature counter must grow (cloned authenticator), checked atomically in storage.
 User handles are HMAC(installation secret, user id): stable, opaque, and no personal data.
@@ -67,11 +68,14 @@ def _host_origins(config: Config, host: str) -> list[str]:
 def relying_party(config: Config, host: str) -> RelyingParty | None:
     """The RP for a page served on `host`, or None when passkeys are not offered there.
 
-    Without `webauthn.rp_id` the RP ID is the visited route host itself and only its own
-    origins are accepted; a host that is no route (a raw IP, a forged Host header) gets none.
+    Without `webauthn.rp_id` the RP ID is the visited route or portal host itself and only
+    its own origins are accepted; any other host (a raw IP, a forged Host header) gets none.
+    With `rp_id` but no `origins`, the origins are those of the route and portal hosts
+    within `rp_id`.
     """
     settings = config.webauthn
-    hosts = {route.host for route in config.routes}
+    # The portal host serves the sign-in pages without being any route's host.
+    hosts = {route.host for route in config.routes} | ({config.portal.host} - {""})
     host = host.lower()
     if settings.rp_id:
         if host != settings.rp_id and not host.endswith("." + settings.rp_id):

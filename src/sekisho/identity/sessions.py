@@ -11,6 +11,12 @@ therefore precise to that interval.
 
 Storage work runs in a thread (`asyncio.to_thread`) so the event loop never waits on the
 database; a storage failure raises `StorageError` and the gateway denies (fail closed).
+
+When an entry runs out, the lookups of that session in flight share one storage load instead
+of each starting their own (64 keep-alive connections on one session would otherwise read the
+database 64 times every `cache_ttl`: a load amplifier anyone with a session could aim at it).
+An eviction forgets the loads in flight too: a read taken before a revocation is never
+cached after it, and the lookups that come after the eviction read storage again.
 """
 
 from __future__ import annotations
@@ -51,6 +57,22 @@ class SessionNotFound(SekishoError):
     status = 404
 
 
+class _Read:
+    """One storage read of a session in progress; an eviction meanwhile voids it, so what it
+    read (perhaps before a revocation) is returned to its callers but never cached."""
+
+    __slots__ = ("void",)
+
+    def __init__(self) -> None:
+        self.void = False
+
+
+def _observe(task: asyncio.Task[SessionInfo | None]) -> None:
+    """Its waiters read its error; if they all left, it is read here (not logged as lost)."""
+    if not task.cancelled():
+        task.exception()
+
+
 @dataclass(slots=True)
 class _Cached:
     info: SessionInfo
@@ -69,6 +91,8 @@ class SessionManager:
         self.settings = settings
         self._clock = clock
         self._cache: dict[str, _Cached] = {}
+        self._reads: dict[str, list[_Read]] = {}  # storage reads in flight, per session
+        self._loading: dict[str, asyncio.Task[SessionInfo | None]] = {}  # shared loads
         self._lock = threading.Lock()
 
     def update_settings(self, settings: SessionSettings) -> None:
@@ -123,7 +147,9 @@ class SessionManager:
             if (now - cached.last_seen_at).total_seconds() >= self.touch_interval:
                 await asyncio.to_thread(self._touch, session_id, now)
             return cached.info
-        return await asyncio.to_thread(self._load, session_id, now)
+        if self.settings.cache_ttl <= 0:  # no cache: every lookup reads storage itself
+            return await asyncio.to_thread(self._load, session_id, now)
+        return await self._shared_load(session_id, now)
 
     async def lookup_fresh(self, token: str, *, activity: bool) -> SessionInfo | None:
         """Read the session from storage, never from the cache (re-checking an open
@@ -141,6 +167,27 @@ class SessionManager:
             return None
         return self._load(session_id_for(token), self._clock())
 
+    async def _shared_load(self, session_id: str, now: datetime) -> SessionInfo | None:
+        """Join the load of this session in flight, or start it (single flight)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            task = self._loading.get(session_id)
+            if task is None or task.get_loop() is not loop:
+                task = loop.create_task(self._load_shared(session_id, now))
+                task.add_done_callback(_observe)
+                self._loading[session_id] = task
+        # shield: one waiter giving up (its client left) must not cancel the others' load.
+        return await asyncio.shield(task)
+
+    async def _load_shared(self, session_id: str, now: datetime) -> SessionInfo | None:
+        this = asyncio.current_task()
+        try:
+            return await asyncio.to_thread(self._load, session_id, now)
+        finally:
+            with self._lock:
+                if self._loading.get(session_id) is this:
+                    del self._loading[session_id]
+
     def _fresh(self, session_id: str, now: datetime) -> _Cached | None:
         with self._lock:
             entry = self._cache.get(session_id)
@@ -156,9 +203,23 @@ class SessionManager:
         return now >= info.expires_at or idle >= self.settings.idle_timeout
 
     def _load(self, session_id: str, now: datetime, touch: bool = True) -> SessionInfo | None:
+        read = _Read()
+        with self._lock:
+            self._reads.setdefault(session_id, []).append(read)
+        try:
+            return self._read(session_id, now, touch, read)
+        finally:
+            with self._lock:
+                reads = self._reads.get(session_id)
+                if reads is not None and read in reads:
+                    reads.remove(read)
+                    if not reads:
+                        del self._reads[session_id]
+
+    def _read(self, session_id: str, now: datetime, touch: bool, read: _Read) -> SessionInfo | None:
         record = store.load_session(self._engine, session_id)
         if record is None or record.revoked_at is not None or record.user_disabled:
-            self._evict(session_id)
+            self._forget([session_id])  # and any read of it that began before storage said so
             return None
         info = SessionInfo(
             session_id=record.id, user_id=record.user_id, username=record.username,
@@ -174,6 +235,8 @@ class SessionManager:
             store.touch(self._engine, session_id, now)
             last_seen = now
         with self._lock:
+            if read.void:  # evicted while we read: what we read may predate a revocation
+                return info
             if len(self._cache) >= self.cache_max:
                 self._cache.clear()  # bounded memory under a flood of distinct sessions
             self._cache[session_id] = _Cached(info, now, last_seen)
@@ -190,18 +253,29 @@ class SessionManager:
         with self._lock:
             self._cache.pop(session_id, None)
 
-    def evict(self, session_ids: Iterable[str]) -> None:
-        """Forget sessions revoked in storage by someone else's transaction (EDR webhook)."""
+    def _forget(self, session_ids: Iterable[str]) -> None:
+        """Drop the cached sessions and void their reads in flight (so none is cached later),
+        under the lock that guards the cache write, so no read slips between the two."""
         with self._lock:
             for session_id in session_ids:
                 self._cache.pop(session_id, None)
+                self._loading.pop(session_id, None)
+                for read in self._reads.pop(session_id, ()):
+                    read.void = True
+
+    def evict(self, session_ids: Iterable[str]) -> None:
+        """Forget sessions revoked in storage by someone else's transaction (EDR webhook),
+        and any load of them in flight: lookups after this read storage again."""
+        self._forget(session_ids)
 
     def evict_user(self, user_id: int) -> None:
         """Forget every cached session of a user (disabled, signed out everywhere, groups
-        changed: announced on the change feed by another process)."""
+        changed: announced on the change feed by another process). Whose session a read in
+        flight is, is only known when it ends, so every read in flight is voided."""
         with self._lock:
             for session_id in [k for k, v in self._cache.items() if v.info.user_id == user_id]:
                 del self._cache[session_id]
+            self._void_reads()
 
     def evict_all(self) -> None:
         """Forget everything cached (the change feed may have been missed)."""
@@ -210,13 +284,26 @@ class SessionManager:
     def _evict_all(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._void_reads()
+
+    def _void_reads(self) -> None:
+        """Caller holds the lock."""
+        for reads in self._reads.values():
+            for read in reads:
+                read.void = True
+        self._reads.clear()
+        self._loading.clear()
 
     # -- revocation -----------------------------------------------------------------------
 
     def revoke_id(self, session_id: str, reason: str) -> bool:
         """Revoke one session by its full id (sign-out, rotation at sign-in)."""
-        self._evict(session_id)
-        return store.revoke(self._engine, session_id, self._clock(), reason)
+        try:
+            return store.revoke(self._engine, session_id, self._clock(), reason)
+        finally:
+            # After the write: a read that began before it committed is voided, one that
+            # begins after it sees the revocation (evicting first would leave a gap).
+            self._forget([session_id])
 
     def revoke(self, session_id_or_prefix: str, admin: str, reason: str) -> list[SessionRevoked]:
         """Revoke the one session whose id starts with the prefix (at least 8 hex digits).
@@ -245,8 +332,7 @@ class SessionManager:
     def revoke_user(self, username: str, admin: str, reason: str) -> list[SessionRevoked]:
         user = require_user(self._engine, username)
         ids = store.revoke_user(self._engine, user.id, self._clock(), reason)
-        for session_id in ids:
-            self._evict(session_id)
+        self._forget(ids)
         return [SessionRevoked(admin=admin, session=sid[:12], user=user.username, reason=reason)
                 for sid in ids]
 

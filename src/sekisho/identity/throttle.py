@@ -83,9 +83,23 @@ def _forgotten(state: ThrottleRecord, now: datetime, settings: ThrottleSettings)
             and (now - state.last_failure_at).total_seconds() >= settings.lockout)
 
 
+def is_address_key(key: str) -> bool:
+    """`ip:<addr>` or any `<purpose>-ip:<addr>` (`mfa-ip:`, `enrol-ip:`, `edr-ip:`, …).
+
+    Only the purpose — the text before the first colon — is looked at: an account key is
+    `account:<name>`, and a user named `x-ip:y` must not get the address limit.
+    """
+    purpose = key.partition(":")[0]
+    return purpose == "ip" or purpose.endswith("-ip")
+
+
 def _max_for(key: str, settings: ThrottleSettings) -> int:
-    is_ip = key.startswith(("ip:", "mfa-ip:"))
-    return settings.ip_max_failures if is_ip else settings.account_max_failures
+    """An address is shared (an office behind one NAT address): it gets `ip_max_failures`,
+    so a few typos by colleagues never lock the whole office out; anything else is an
+    account and gets `account_max_failures`."""
+    if is_address_key(key):
+        return settings.ip_max_failures
+    return settings.account_max_failures
 
 
 class Throttle:

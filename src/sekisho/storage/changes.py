@@ -1,12 +1,12 @@
 """The change feed: revocations that running gateways must learn at once, and how they learn it.
 
 Writers (`sessions.revoke*`, `users.set_disabled`/`remove_member`, `devices.set_status`,
-`edr.mark_compromised`) call `record()` inside their own transaction, as its last statement:
-the row commits with the change or not at all, so a change is never lost and never announced
-before it is visible. On PostgreSQL `record()` first takes a transaction-scoped advisory lock,
-so ids are allocated and committed in one order and a reader that remembers the last id it saw
-never skips a row that committed late (SQLite serialises writers by itself); then it calls
-`pg_notify`, which PostgreSQL delivers only when the transaction commits.
+`edr.mark_compromised`, `posture.record`) call `record()` inside their own transaction, as its
+last statement: the row commits with the change or not at all, so a change is never lost and
+never announced before it is visible. On PostgreSQL `record()` first takes a transaction-scoped
+advisory lock, so ids are allocated and committed in one order and a reader that remembers the
+last id it saw never skips a row that committed late (SQLite serialises writers by itself);
+then it calls `pg_notify`, which PostgreSQL delivers only when the transaction commits.
 
 `ChangeWatcher` is the reader, one per gateway process. SQLite: it polls `id > last` every
 `POLL_INTERVAL` (one indexed primary-key range read). PostgreSQL: a thread LISTENs and wakes the

@@ -7,6 +7,11 @@ forward in time (`reported_at` must grow), so an old report captured earlier can
 device back to a better posture after its nonce has been purged. Nonces are purged once the
 report they came with could no longer be fresh. The rules (signature, freshness, profiles)
 live in `devices.posture` and the handler; this module only reads and writes rows.
+
+Every stored report is announced on the change feed (`storage.changes`, kind DEVICE) in the
+same transaction: a report can move a device into `quarantine` (a failed check), and open
+WebSockets from that device must be re-checked at once, in every process, not at the next
+timer (`gateway.watch`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from sekisho.errors import SekishoError, StorageError
+from sekisho.storage import changes
 from sekisho.storage.models import DevicePosture, PostureNonce
 from sekisho.storage.users import utc
 
@@ -64,6 +70,7 @@ def record(engine: Engine, *, device_id: str, nonce: str, reported_at: datetime,
                 if exists is not None:
                     raise replayed
                 conn.execute(insert(DevicePosture).values(device_id=device_id, **values))
+            changes.record(conn, changes.DEVICE, [device_id], received_at)
     except IntegrityError:
         raise replayed from None
     except SQLAlchemyError as exc:

@@ -13,7 +13,14 @@ import pytest
 from passkey_softkey import SoftKey
 
 from sekisho.config.loader import load_config
-from sekisho.config.model import Config, ListenAddress, Route, ServerSettings, WebAuthnSettings
+from sekisho.config.model import (
+    Config,
+    ListenAddress,
+    PortalSettings,
+    Route,
+    ServerSettings,
+    WebAuthnSettings,
+)
 from sekisho.config.problems import InvalidConfig
 from sekisho.identity.passkeys import Passkeys, RelyingParty, binding_of, relying_party
 from sekisho.storage import users
@@ -200,6 +207,55 @@ def test_relying_party_from_config():
     assert listed is not None and listed.origins == ("https://sso.city.lg.jp",)
     assert relying_party(_config(rp_id="city.lg.jp"), "evil.example") is None
     assert relying_party(replace(_config(), routes=()), HOST) is None
+
+
+PORTAL = "portal.city.lg.jp"
+
+
+def _with_portal(config, host=PORTAL):
+    return replace(config, portal=PortalSettings(host=host))
+
+
+def test_relying_party_on_the_portal_host():
+    # No route serves the portal host, yet staff sign in there (portal.host).
+    own = relying_party(_with_portal(_config()), PORTAL)
+    assert own == RelyingParty(PORTAL, "Sekisho", (f"https://{PORTAL}", f"https://{PORTAL}:8443"))
+    assert relying_party(_config(), PORTAL) is None  # not configured: nobody's host
+    # A shared RP ID derives its origins from the route hosts and the portal host ...
+    shared = relying_party(_with_portal(_config(rp_id="city.lg.jp")), PORTAL)
+    assert shared is not None and f"https://{PORTAL}" in shared.origins
+    assert ORIGIN in shared.origins
+    # ... but a portal host outside the RP ID is no origin of it (the browser would refuse).
+    outside = relying_party(_with_portal(_config(rp_id="city.lg.jp"), "portal.example.jp"),
+                            HOST)
+    assert outside is not None and "https://portal.example.jp" not in outside.origins
+    # Origins the administrator listed are the whole list: the portal host is not added.
+    listed = relying_party(_with_portal(_config(rp_id="city.lg.jp",
+                                                origins=("https://sso.city.lg.jp",))), PORTAL)
+    assert listed is not None and listed.origins == ("https://sso.city.lg.jp",)
+    # The other hosts are still refused on a gateway with a portal host.
+    assert relying_party(_with_portal(_config()), "evil.example") is None
+
+
+def test_a_passkey_ceremony_on_the_portal_host(setup):
+    passkeys, alice, _ = setup
+    rp = relying_party(_with_portal(_config()), PORTAL)
+    assert rp is not None
+    key = SoftKey(f"https://{PORTAL}")
+    options = passkeys.registration_options(rp, user_id=alice, username="u", display_name="",
+                                            binding=SESSION, uv_required=False)
+    registered = passkeys.verify_registration(
+        rp, user_id=alice, binding=SESSION, credential_json=json.dumps(key.create(options)),
+        uv_required=False, name="portal")
+    assert registered.ok, registered.reason
+    # A phishing page elsewhere cannot use the portal host's RP.
+    phished = SoftKey("https://portal.city.lg.jp.evil.example")
+    options = passkeys.registration_options(rp, user_id=alice, username="u", display_name="",
+                                            binding=SESSION, uv_required=False)
+    refused = passkeys.verify_registration(
+        rp, user_id=alice, binding=SESSION, credential_json=json.dumps(phished.create(options)),
+        uv_required=False, name="phished")
+    assert not refused.ok
 
 
 TLS = "tls:\n  enabled: false\n"
