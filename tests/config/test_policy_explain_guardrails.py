@@ -245,3 +245,21 @@ def test_policy_test_cases_with_devices(config: Path, tmp_path: Path) -> None:
     failed = run("policy", "test", "--config", str(config), str(broken))
     assert failed.returncode == 2
     assert ":2: [0] (a).device_profile: devices.profiles にないプロファイルです" in failed.stderr
+
+
+def test_route_and_time_spell_the_same_request_as_url_and_at(config: Path) -> None:
+    """`--route ID` is a GET to the route's host and path prefix; `--time` is `--at`."""
+    home = ["--user", "tanaka", "--group", "staff", "--ip", "203.0.113.5", "--mfa", "totp",
+            "--device-profile", "byod", "--lang", "en"]
+    by_url = run("policy", "explain", "--config", str(config), "--url",
+                 "https://docs.city.example.jp/", "--at", AT, *home)
+    by_route = run("policy", "explain", "--config", str(config), "--route", "docs",
+                   "--time", AT, *home)
+    assert by_route.returncode == by_url.returncode == 1
+    assert by_route.stdout == by_url.stdout
+    unknown = run("policy", "explain", "--config", str(config), "--route", "nope")
+    assert unknown.returncode == 2 and "no route 'nope'" in unknown.stderr
+    assert "wiki, docs, juki" in unknown.stderr
+    both = run("policy", "explain", "--config", str(config), "--route", "docs", "--url",
+               "https://docs.city.example.jp/")
+    assert both.returncode == 2 and "not allowed with" in both.stderr

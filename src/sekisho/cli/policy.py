@@ -102,6 +102,14 @@ def _explain(args: argparse.Namespace) -> int:
     if runtime is None:
         return 2
     language = args.lang or runtime.config.default_language
+    if args.route is not None:
+        route = next((r for r in runtime.config.routes if r.id == args.route), None)
+        if route is None:
+            known = ", ".join(r.id for r in runtime.config.routes) or "-"
+            print(f"sekisho: --route: ルート '{args.route}' はありません（あるもの: {known}）/ "
+                  f"no route '{args.route}' (defined: {known})", file=sys.stderr)
+            return 2
+        args.url = f"https://{route.host}{route.path_prefix}"
     fields = {name: getattr(args, name) for name in FIELDS}
     try:
         probe = parse_probe(fields, runtime.config.timezone, _profiles(runtime))
@@ -252,7 +260,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     "show the decision for one request and why")
     explain = actions.add_parser("explain", help=explain_help, description=explain_help)
     add_config_option(explain)
-    explain.add_argument("--url", required=True, help="https://host/path")
+    target = explain.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="https://host/path")
+    target.add_argument("--route", default=None, metavar="ID",
+                        help="ルート id（そのホストとパスの先頭への GET）/ a route id (a request "
+                             "to its host and path prefix)")
     explain.add_argument("--method", default=None, help="HTTP メソッド / method (GET)")
     explain.add_argument("--user", default=None, help="利用者名（省略時は未サインイン）/ "
                          "user name (omit for a request that is not signed in)")
@@ -261,7 +273,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     explain.add_argument("--email", default=None, help="メールアドレス / e-mail")
     explain.add_argument("--ip", default=None,
                          help="接続元 IP / source IP (default 192.0.2.1: the internet)")
-    explain.add_argument("--at", default=None,
+    explain.add_argument("--at", "--time", dest="at", default=None,
                          help="日時 ISO 8601 / time, e.g. 2026-12-01T09:00+09:00 (default: now)")
     explain.add_argument("--mfa", action="append", default=None,
                          help="済ませた 2 段階目 (totp, webauthn_uv …) / second factor proven")
