@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidMessage
 from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import Server, ServerConnection, serve
 
@@ -170,6 +170,16 @@ class Installation:
 
     def open(self, token: str, host: str = "chat.localhost",
              context: ssl.SSLContext | None = None) -> Open:
+        try:
+            return self._open(token, host, context)
+        except InvalidMessage:
+            # Seen once in a full CI run on a loaded 2-core machine (PostgreSQL): the
+            # connection ended before any HTTP answer, with nothing in the gateway's log.
+            # Kept visible (printed with -s) while it is investigated; a second failure fails.
+            print(f"note: WebSocket handshake to {host} ended without an answer; retrying once")
+            return self._open(token, host, context)
+
+    def _open(self, token: str, host: str, context: ssl.SSLContext | None) -> Open:
         sock = socket.create_connection(("127.0.0.1", self.process.port))
         local_port = sock.getsockname()[1]  # before TLS takes the socket over
         client = self.clients.enter_context(connect(
