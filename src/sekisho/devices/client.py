@@ -78,8 +78,6 @@ def enrol(
     timeout: float = 30.0,
 ) -> Enrolled:
     """Enrol this device: key + CSR here, POST, then write key, certificate, chain, PKCS#12."""
-    import httpx
-
     url = check_gateway(gateway, insecure=insecure)
     paths = [directory / f for f in (KEY_FILE, CERT_FILE, CHAIN_FILE, P12_FILE)]
     if any(p.exists() or p.is_symlink() for p in paths):
@@ -91,23 +89,10 @@ def enrol(
                                 code="device-p12-password")
     key, csr = make_key_and_csr(name)
     verify = _tls(cafile, insecure)
-    try:
-        response = httpx.post(url, json={"code": code, "csr": csr.decode("ascii"), "name": name,
-                                         "inventory_id": inventory_id},
-                              verify=verify, timeout=timeout)
-    except httpx.HTTPError as exc:
-        raise DeviceClientError(f"ゲートウェイに接続できません / cannot reach the gateway: "
-                                f"{type(exc).__name__}: {exc}", code="device-gateway") from None
-    try:
-        data = response.json()
-    except ValueError:
-        data = {}
-    if response.status_code != 200 or not isinstance(data, dict):
-        error = data.get("error", f"http-{response.status_code}") if isinstance(data, dict) \
-            else f"http-{response.status_code}"
-        message = data.get("message", "") if isinstance(data, dict) else ""
-        raise DeviceClientError(f"登録が拒否されました / enrolment refused: {error} {message}",
-                                code=str(error))
+    data = post_json(url, {"code": code, "csr": csr.decode("ascii"), "name": name,
+                           "inventory_id": inventory_id},
+                     verify=verify, timeout=timeout,
+                     refused="登録が拒否されました / enrolment refused")
     cert, chain = _received(data, key)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
@@ -139,6 +124,29 @@ def _received(data: dict[str, object], key: ec.EllipticCurvePrivateKey
         raise DeviceClientError("証明書の鍵が一致しません / the certificate is not for this "
                                 "device's key", code="device-answer")
     return cert, chain
+
+
+def post_json(url: str, body: dict[str, object], *, verify: ssl.SSLContext | bool,
+              timeout: float, refused: str) -> dict[str, object]:
+    """POST `body` to the gateway; its JSON answer, or a DeviceClientError naming the gateway's
+    error code (`refused` is the ja/en prefix saying what was refused)."""
+    import httpx  # only the device-side commands need an HTTP client
+
+    try:
+        response = httpx.post(url, json=body, verify=verify, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise DeviceClientError(f"ゲートウェイに接続できません / cannot reach the gateway: "
+                                f"{type(exc).__name__}: {exc}", code="device-gateway") from None
+    try:
+        data = response.json()
+    except ValueError:
+        data = {}
+    if response.status_code != 200 or not isinstance(data, dict):
+        error = data.get("error", f"http-{response.status_code}") if isinstance(data, dict) \
+            else f"http-{response.status_code}"
+        message = data.get("message", "") if isinstance(data, dict) else ""
+        raise DeviceClientError(f"{refused}: {error} {message}", code=str(error))
+    return data
 
 
 def tls_verification(cafile: str | None, insecure: bool) -> ssl.SSLContext | bool:

@@ -24,6 +24,7 @@ from sekisho.devices.client import (
     KEY_FILE,
     DeviceClientError,
     check_gateway,
+    post_json,
     tls_verification,
 )
 from sekisho.devices.collect import DEFAULT_EDR_PROCESSES, build_report, collect
@@ -66,27 +67,13 @@ def send_report(
     edr_processes: Sequence[str] = DEFAULT_EDR_PROCESSES, timeout: float = 30.0,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Collect, sign and send one report; returns (the report, the gateway's answer)."""
-    import httpx
 
     check_gateway(gateway, insecure=insecure)
     parts = urlsplit(gateway)
     url = f"https://{parts.netloc}{POSTURE_PATH}"
     key, cert, device_id = load_identity(directory)
     report = build_report(collect(edr_processes=edr_processes), device_id, datetime.now(UTC))
-    try:
-        response = httpx.post(url, json=signed_envelope(report, key, cert),
-                              verify=tls_verification(cafile, insecure), timeout=timeout)
-    except httpx.HTTPError as exc:
-        raise DeviceClientError(f"ゲートウェイに接続できません / cannot reach the gateway: "
-                                f"{type(exc).__name__}: {exc}", code="device-gateway") from None
-    try:
-        data = response.json()
-    except ValueError:
-        data = {}
-    if response.status_code != 200 or not isinstance(data, dict):
-        error = data.get("error", f"http-{response.status_code}") if isinstance(data, dict) \
-            else f"http-{response.status_code}"
-        message = data.get("message", "") if isinstance(data, dict) else ""
-        raise DeviceClientError(f"報告が拒否されました / report refused: {error} {message}",
-                                code=str(error))
+    data = post_json(url, signed_envelope(report, key, cert),
+                     verify=tls_verification(cafile, insecure), timeout=timeout,
+                     refused="報告が拒否されました / report refused")
     return report, data
