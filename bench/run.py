@@ -3,7 +3,8 @@
 Runs the PDP (vs cedarpy; also with the device, time, segment and client-certificate
 criteria), audit append (vs plain inserts), sign-in factors, proxy (vs direct, nginx and
 Caddy with wrk) and mTLS (handshakes vs plain TLS; keep-alive throughput vs the gateway-core
-baseline through an nginx TLS client) benchmarks in turn and writes the combined figures to
+baseline through an nginx TLS client), connector tunnel (vs plain loopback TCP) and the
+connector decoder fuzz (1,000,000 inputs) benchmarks in turn and writes the combined figures to
 bench/results/. `scripts/bench-deps` (run by `make bench`) installs wrk, nginx and Caddy.
 Copy the summary into docs/benchmarks.md together with this command.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ("bench_pdp", "bench_pdp_device", "bench_audit", "bench_mfa", "bench_webauthn",
-           "bench_proxy", "bench_mtls")
+           "bench_proxy", "bench_mtls", "bench_connector_channel", "fuzz_connector")
 
 
 def main(argv: list[str] | None = None) -> int:
