@@ -6,17 +6,20 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test bench lint fmt clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml assets/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	scripts/assets  # the admin console's JS/CSS from npm (lockfile), served by Sekisho
 	touch $(STAMP)
 
 run: $(STAMP)  ## start the gateway on the embedded demo (SQLite, demo routes and users)
+	scripts/assets
 	$(BIN)/sekisho serve --demo
 
 test: $(STAMP)  ## run the whole test suite
 	scripts/test-deps
+	scripts/assets
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)  ## benchmarks: proxy vs nginx/Caddy (wrk), PDP vs cedarpy, mTLS, audit append

@@ -188,8 +188,10 @@ async def gateway(plain_port: int, tunnel_port: int, size: int, streams: int,
     per_stream = (tracemalloc.get_traced_memory()[0] - before) / idle
     tracemalloc.stop()
     results["gateway_bytes_per_idle_stream"] = round(per_stream)
-    print(f"gateway memory per idle stream: {per_stream:.0f} bytes "
-          f"(buffers bounded by the {Connection.INITIAL_WINDOW >> 10} KiB window when busy)")
+    print(f"gateway memory per idle stream: {per_stream:.0f} bytes (buffers bounded by the "
+          f"{Connection.INITIAL_WINDOW >> 10} KiB window when busy, grown up to "
+          f"{Connection.MAX_STREAM_WINDOW >> 20} MiB for a reader that keeps up, within "
+          f"{Connection.WINDOW_BUDGET >> 20} MiB per tunnel)")
     for stream in opened:
         stream.reset()
     await channel.close()

@@ -187,13 +187,17 @@ def build(seed: int, requests: int, allowed_share: float = 0.5) -> dict[str, Any
         else:
             (user, email, groups), authenticated = rng.choice(users), True
         now = START + timedelta(seconds=rng.randrange(int(SPAN.total_seconds())))
+        methods = rng.choices(FACTORS, (3, 6, 1))[0] if authenticated else frozenset[str]()
+        # When each method was proven (the timed `mfa` form of the guardrails reads these):
+        # within the last two hours, so some pass "within 15 minutes" and some do not.
+        proofs = {m: now - timedelta(seconds=rng.randrange(7200)) for m in methods}
         facts = Facts(
             authenticated=authenticated, user=user, email=email, groups=groups,
             source_ip=ipaddress.ip_address(_address(rng)), method=rng.choice(METHODS),
             path=f"/app{route}{rng.choice(SUBPATHS)}", host="apps.city.example.lg.jp",
             route=f"r{route:04d}", segment=_segment(route), now=now, holidays=HOLIDAYS,
-            auth_methods=rng.choices(FACTORS, (3, 6, 1))[0] if authenticated else frozenset(),
-            auth_time=now - timedelta(seconds=rng.randrange(3600)) if authenticated else None,
+            auth_methods=methods, proofs=proofs,
+            auth_time=max(proofs.values()) if proofs else None,
             **_device_facts(rng, user))
         bucket = allowed if evaluate(facts, policies[facts.route]).allow else denied
         if len(bucket) < (want_allowed if bucket is allowed else requests - want_allowed):

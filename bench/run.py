@@ -1,10 +1,13 @@
 """`make bench`: every benchmark, each against its reference measured in the same run.
 
 Runs the PDP (vs cedarpy; also with the device, time, segment and client-certificate
-criteria), audit append (vs plain inserts), sign-in factors, proxy (vs direct, nginx and
+criteria), audit append (vs plain inserts), audit search and dashboard over 1,000,000 events
+(vs `ORDER BY seq DESC LIMIT 50`), sign-in factors, proxy (vs direct, nginx and
 Caddy with wrk) and mTLS (handshakes vs plain TLS; keep-alive throughput vs the gateway-core
 baseline through an nginx TLS client), connector tunnel (vs plain loopback TCP) and the
-connector decoder fuzz (1,000,000 inputs) benchmarks in turn and writes the combined figures to
+connector decoder fuzz (1,000,000 inputs) and staff portal (1,000 routes, 10,000 users;
+vs the portal's CSS on the same gateway) and TCP access (`sekisho tcp` direct and via a
+connector vs `ssh -L`) benchmarks in turn and writes the combined figures to
 bench/results/. `scripts/bench-deps` (run by `make bench`) installs wrk, nginx and Caddy.
 Copy the summary into docs/benchmarks.md together with this command.
 """
@@ -20,8 +23,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("bench_pdp", "bench_pdp_device", "bench_audit", "bench_mfa", "bench_webauthn",
-           "bench_proxy", "bench_mtls", "bench_connector_channel", "fuzz_connector")
+BENCHES = ("bench_pdp", "bench_pdp_device", "bench_audit", "bench_audit_search", "bench_mfa",
+           "bench_webauthn", "bench_proxy", "bench_mtls", "bench_connector_channel",
+           "fuzz_connector", "bench_portal", "bench_tcp")
 
 
 def main(argv: list[str] | None = None) -> int:

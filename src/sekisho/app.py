@@ -90,6 +90,8 @@ def _restart_needed(old: Config, new: Config) -> list[str]:
         changed.append("storage.url")
     if old.tls != new.tls:
         changed.append("tls")
+    if old.connector.listen != new.connector.listen:
+        changed.append("connector.listen")
     return changed
 
 
@@ -243,14 +245,20 @@ async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_rel
     live = LiveConnections(holder.get, sessions, audit, devices=devices)
     feed = ChangeWatcher(engine, live.changed, live.resync)
     feed_task = asyncio.ensure_future(feed.run())
+    from sekisho.identity.cli_login import CliCredentials
+
     gateway = Gateway(holder.get, sessions, audit, keyring, handlers, devices=devices,
-                      watch=live)
+                      watch=live, cli_credentials=CliCredentials(engine))
     ssl_context = server_ssl_context(config)
     await gateway.start(config.server.listen, ssl_context, reuse_port=reuse_port)
 
     admin_server = None
+    broker = None
     if admin:
         admin_server = await _start_admin(config, engine, local, lambda: keyring.jwks_json)
+        from sekisho.connector.service import start_broker
+
+        broker = await start_broker(config, engine, audit)  # one process: tunnels end here
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -280,6 +288,8 @@ async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_rel
     feed_task.cancel()
     live.close()
     await gateway.close(GRACE_SECONDS)
+    if broker is not None:
+        await broker.close()
     if admin_server is not None:
         await admin_server.close()
     if relay is not None:
@@ -400,6 +410,11 @@ def _serve_forked(launch: Launch, workers: int) -> int:
         await relay.start()
         os.environ[RELAY_ENV] = relay.path
         os.environ[MASTER_PID_ENV] = str(os.getpid())
+        from sekisho.connector.service import start_broker
+
+        # The connector tunnels end in the master; workers reach them over its Unix socket
+        # (the environment names it, as for the audit relay).
+        broker = await start_broker(launch.config, engine, audit)
         holder = RuntimeHolder(_build(launch))
         # A self-signed certificate is made here, once: workers racing to make their own
         # would each serve a different one (and a client trusting the file meets the other).
@@ -443,6 +458,8 @@ def _serve_forked(launch: Launch, workers: int) -> int:
             if child.poll() is None:
                 child.kill()
         await admin_server.close()
+        if broker is not None:
+            await broker.close()
         await relay.close()  # the workers have exited: everything they sent is queued
         await asyncio.to_thread(audit.close)
         engine.dispose()

@@ -7,7 +7,8 @@ started with and no request ever sees half of two configurations.
 Each route's policy is put under its segment guardrail here, once per snapshot (one compiled
 guardrail per profile/segment/mode, shared by the routes that have it): `policy_for(route)`
 is the one place the gateway, `sekisho policy explain` and the portal get a route's policy,
-so none of them can decide without the guardrail.
+so none of them can decide without the guardrail. The admin console's policy is compiled
+here too, under the internet guardrail like a route of that segment (`admin_policy`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from sekisho.config.admin import ADMIN_ROUTE, DEFAULT_POLICY_NAME, default_policy
 from sekisho.config.model import Config, Route
 from sekisho.config.segments import guardrail_networks
 from sekisho.errors import ConfigError
@@ -33,6 +35,10 @@ class Runtime:
     # route id -> (the route, its policy under its guardrail)
     guarded: Mapping[str, tuple[Route, Policy]] = field(default_factory=dict)
     guardrails: Mapping[str, Guardrail] = field(default_factory=dict)  # by guardrail name
+    # Every admin request by session (console pages, API with a cookie) is decided by this
+    # policy for `admin_route`, under the internet guardrail; None: nobody gets in.
+    admin_policy: Policy | None = None
+    admin_route: Route = ADMIN_ROUTE
 
     def policy_for(self, route: Route) -> Policy | None:
         """The compiled policy that decides requests to `route`, under its guardrail.
@@ -83,6 +89,28 @@ def build_runtime(config: Config, digest: str = "") -> Runtime:
                 compiled[rail.name] = rail.compile()
             policy = guard(compiled[rail.name], policy)
         guarded.setdefault(route.id, (route, policy))
+    admin = _admin_policy(config, policies)
+    if config.profile is not None:
+        rail = guardrail_for(config.profile, ADMIN_ROUTE.segment, ADMIN_ROUTE.mode, networks)
+        if rail.name not in compiled:
+            guardrails[rail.name] = rail
+            compiled[rail.name] = rail.compile()
+        admin = guard(compiled[rail.name], admin)
     return Runtime(config, RouteTable(config.routes), MappingProxyType(policies), digest,
-                   MappingProxyType(guarded), MappingProxyType(guardrails))
+                   MappingProxyType(guarded), MappingProxyType(guardrails), admin)
+
+
+def _admin_policy(config: Config, policies: Mapping[str, Policy]) -> Policy:
+    """`admin.policy` from `policies:`, else the built-in document (docs/admin.md)."""
+    name = config.admin.policy
+    if name:
+        policy = policies.get(name)
+        if policy is None:
+            raise ConfigError(f"{config.source}: admin.policy '{name}' がありません / "
+                              f"admin.policy names '{name}', which is not defined")
+        return policy
+    try:
+        return compile_policy(DEFAULT_POLICY_NAME, default_policy(config.admin))
+    except PolicyError as exc:
+        raise ConfigError(f"{config.source}: {exc}") from None
 

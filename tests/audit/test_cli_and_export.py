@@ -61,6 +61,10 @@ def test_verify_passes_on_an_intact_chain(filled: Engine, database_url: str, cap
     ("DELETE FROM audit_events WHERE seq = 6", "seq 6: record missing (deleted)"),
     ("DELETE FROM audit_events WHERE seq = 10", "seq 10: record missing (deleted)"),
     ("UPDATE audit_events SET actor = 'nobody' WHERE seq = 2", "seq 2: actor column"),
+    # The search columns are not hashed: a changed one would hide a denial from searches.
+    ("UPDATE audit_events SET decision = 'allow' WHERE seq = 5", "seq 5"),
+    ("UPDATE audit_events SET route = 'elsewhere' WHERE seq = 7", "seq 7"),
+    ("DELETE FROM audit_reasons WHERE seq = 9", "seq 9"),
 ])
 def test_verify_names_the_tampered_record(filled: Engine, database_url: str, capsys,
                                           statement: str, named: str) -> None:

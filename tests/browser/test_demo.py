@@ -16,6 +16,7 @@ directory, since the system resolver here does not know `*.localhost`.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -34,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from browser_support import shot
 from harness import free_port
+
+from sekisho.identity import totp
 
 CHROMIUM = "/usr/bin/chromium"  # as in conftest.py
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -258,3 +261,54 @@ def test_explain_shows_why_byod_reaches_internet_but_not_lgwan(demo: Demo) -> No
     assert "  - source-ip-denied: " in docs.stdout
     assert ('✗ source_ip: [127.0.0.0/8, "::1/128"] → not matched [source-ip-denied]'
             in docs.stdout)
+
+
+def test_demo_admin_reaches_the_console_in_japanese(demo: Demo, chromium: Browser) -> None:
+    """`make run` as the README says: sato signs in, registers a passkey, proves it when the
+    console asks, and manages from the dashboard in Japanese; the LGWAN app behind the demo's
+    connector opens from the office (loopback)."""
+    context = chromium.new_context(
+        ignore_https_errors=True, locale="ja-JP", viewport={"width": 1100, "height": 900},
+        extra_http_headers={"Accept-Language": "ja"})
+    context.set_default_timeout(15_000)
+    try:
+        page = context.new_page()
+        cdp = context.new_cdp_session(page)
+        cdp.send("WebAuthn.enable")
+        cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
+            "protocol": "ctap2", "transport": "internal", "hasResidentKey": True,
+            "hasUserVerification": True, "isUserVerified": True}})
+        page.goto(demo.url("wiki", "/.sekisho/admin/"))
+        _sign_in(page, "sato", "Toyako-Onsen-2026")
+        # Administrators always need a second factor: the first sign-in sets up an app.
+        page.wait_for_url("**/.sekisho/mfa/totp/enrol*")
+        raw = page.inner_text("code.secret").replace(" ", "")
+        page.fill("#code", totp.totp(base64.b32decode(raw + "=" * (-len(raw) % 8)), time.time()))
+        with page.expect_navigation():
+            page.click("form button[type=submit]")
+        page.wait_for_selector("ol.codes")  # recovery codes, shown once
+        page.goto(demo.url("wiki", "/.sekisho/passkeys"))
+        page.fill("#passkey-name", "情報政策課 PC")
+        with page.expect_navigation():
+            page.click("#passkey-start")
+        page.wait_for_selector("table.passkeys")
+        page.goto(demo.url("wiki", "/.sekisho/admin/"))
+        page.wait_for_url("**/.sekisho/stepup?*")
+        with page.expect_navigation():
+            page.click("form[action='/.sekisho/stepup'] button")
+        with page.expect_navigation():
+            page.click("a[href='/.sekisho/passkeys/verify']")
+        page.wait_for_selector("#passkey-start")
+        with page.expect_navigation():
+            page.click("#passkey-start")
+        page.wait_for_url(demo.url("wiki", "/.sekisho/admin/"))
+        assert "ダッシュボード" in page.inner_text("h1")
+        page.goto(demo.url("wiki", "/.sekisho/admin/users"))
+        assert "tanaka" in page.inner_text("main")
+        # Sessions are per host: a staff member signs in on the app's own host.
+        page.goto(demo.url("kintai", "/"))
+        _sign_in(page)
+        page.wait_for_url(demo.url("kintai", "/"))
+        assert "田中 花子" in page.inner_text("body")  # the connector-only app, assertion checked
+    finally:
+        context.close()

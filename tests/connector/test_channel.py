@@ -153,6 +153,9 @@ def test_a_slow_reader_bounds_what_the_sender_buffers() -> None:
             assert peak_receiver <= window
             assert peak_gap <= window + piece
             assert consumed == 60 * 16 * 1024
+            # A reader that is behind never earns a larger window (auto-tuning).
+            assert agent.connection.stream_window(stream.stream_id) == window
+            assert agent.connection.window_granted == 0
     run(scenario())
 
 
@@ -281,4 +284,36 @@ def test_a_peer_flooding_pings_without_reading_is_cut_off() -> None:
         await asyncio.wait_for(gateway.wait_closed(), 20)
         assert gateway.closed is not None and gateway.closed.reason is ErrorCode.FLOOD
         peer.cancel()
+    run(scenario())
+
+
+def test_a_reader_that_keeps_up_grows_its_window_and_gives_it_back() -> None:
+    size = 16 * 1024 * 1024
+
+    async def scenario() -> None:
+        async with tunnel() as (gateway, agent):
+            stream = await gateway.open_stream(StreamKind.TCP, "bulk.internal:80")
+            remote = await agent.accept()
+            grown = 0
+
+            async def send() -> None:
+                block = b"b" * (256 * 1024)
+                for _ in range(size // len(block)):
+                    await stream.write(block)
+                await stream.close_write()
+
+            sender = asyncio.create_task(send())
+            received = 0
+            while chunk := await remote.read():
+                received += len(chunk)
+                grown = max(grown, agent.connection.stream_window(remote.stream_id))
+                assert remote.buffered <= agent.connection.MAX_STREAM_WINDOW
+            await sender
+            assert received == size
+            # Drained as fast as it came: the window doubled up to the per-stream cap, and
+            # the sender was granted it (its send window grew past the initial one).
+            assert grown == Connection.MAX_STREAM_WINDOW
+            await remote.close_write()
+            await asyncio.sleep(0.05)
+            assert agent.connection.window_granted == 0  # back to the budget at the end
     run(scenario())

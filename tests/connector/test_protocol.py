@@ -367,3 +367,111 @@ def test_transitions_table_is_complete_for_half_close() -> None:
 ])
 def test_destinations(destination: str, ok: bool) -> None:
     assert valid_destination(destination, 255) is ok
+
+
+# -- window growth (auto-tuning) ------------------------------------------------------------
+
+
+class SmallBudget(Connection):
+    INITIAL_WINDOW = 4096
+    MAX_STREAM_WINDOW = 16384
+    WINDOW_BUDGET = 20480
+
+
+def fill(gateway: Connection, agent: Connection, sid: int) -> None:
+    """The gateway sends a whole window; the agent receives it all."""
+    gateway.send_data(sid, b"x" * gateway.send_window(sid))
+    pump(gateway, agent)
+
+
+def test_a_window_grows_by_doubling_up_to_its_cap() -> None:
+    gateway, agent = pair(agent_cls=SmallBudget)
+    sid = gateway.open_stream(StreamKind.TCP, "a:1")
+    pump(gateway, agent)
+    windows = []
+    for _ in range(4):
+        fill(gateway, agent, sid)
+        agent.acknowledge(sid, agent.streams[sid].unacknowledged, grow=True)
+        pump(gateway, agent)
+        windows.append((agent.stream_window(sid), gateway.send_window(sid)))
+    # The sender sees every grant as a plain increment: 4 KiB → 8 → 16, then the cap.
+    assert windows == [(8192, 8192), (16384, 16384), (16384, 16384), (16384, 16384)]
+    assert agent.window_granted == 16384 - 4096
+
+
+def test_the_grown_window_is_still_enforced_to_the_byte() -> None:
+    gateway, agent = pair(agent_cls=SmallBudget)
+    sid = gateway.open_stream(StreamKind.TCP, "a:1")
+    pump(gateway, agent)
+    fill(gateway, agent, sid)
+    agent.acknowledge(sid, 4096, grow=True)
+    pump(gateway, agent)
+    assert agent.streams[sid].recv_window == 8192
+    seen = agent.receive_data(data(sid, b"y" * 8193))
+    assert seen == [ev.ProtocolError(ErrorCode.FLOW_CONTROL, "8193 bytes over a window of 8192")]
+
+
+def test_growth_is_drawn_from_one_budget_and_given_back_when_streams_end() -> None:
+    gateway, agent = pair(agent_cls=SmallBudget)
+    sids = [gateway.open_stream(StreamKind.TCP, f"a:{n}") for n in (1, 2)]
+    pump(gateway, agent)
+    for _ in range(3):
+        for sid in sids:
+            fill(gateway, agent, sid)
+            agent.acknowledge(sid, agent.streams[sid].unacknowledged, grow=True)
+            pump(gateway, agent)
+    # 16 KiB for the first stream (12 KiB of growth), 8 KiB left in the budget for the other.
+    assert [agent.stream_window(sid) for sid in sids] == [16384, 12288]
+    assert agent.window_granted == SmallBudget.WINDOW_BUDGET
+    gateway.reset_stream(sids[0])
+    pump(gateway, agent)
+    assert agent.window_granted == 12288 - 4096
+    third = gateway.open_stream(StreamKind.TCP, "a:3")
+    pump(gateway, agent)
+    fill(gateway, agent, third)
+    assert agent.acknowledge(third, 4096, grow=True) == 4096  # the freed budget serves it
+    agent.close_stream(sids[1])
+    gateway.close_stream(sids[1])
+    pump(gateway, agent)
+    assert sids[1] not in agent.streams
+    assert agent.window_granted == 4096
+
+
+def test_shrinking_withholds_acknowledgements_down_to_the_initial_window() -> None:
+    gateway, agent = pair(agent_cls=SmallBudget)
+    sid = gateway.open_stream(StreamKind.TCP, "a:1")
+    pump(gateway, agent)
+    for _ in range(2):
+        fill(gateway, agent, sid)
+        agent.acknowledge(sid, agent.streams[sid].unacknowledged, grow=True)
+        pump(gateway, agent)
+    fill(gateway, agent, sid)  # 16 KiB window, all of it received, the reader is behind
+    assert agent.acknowledge(sid, 8192, shrink=True) == -8192  # nothing sent back
+    assert agent.data_to_send() == b""
+    assert agent.acknowledge(sid, 8192, shrink=True) == -4096
+    pump(gateway, agent)
+    assert agent.stream_window(sid) == 4096 == gateway.send_window(sid)
+    assert agent.window_granted == 0
+    fill(gateway, agent, sid)
+    assert agent.acknowledge(sid, 4096, shrink=True) == 0  # never below the initial window
+    pump(gateway, agent)
+    assert gateway.send_window(sid) == 4096
+
+
+def test_large_frames_split_over_reads_arrive_whole() -> None:
+    # The decoder cuts payloads straight out of what was read when nothing is pending, and
+    # keeps only the partial frame: the same events for any split.
+    gateway, agent = pair()
+    sid = gateway.open_stream(StreamKind.TCP, "a:1")
+    pump(gateway, agent)
+    payload = bytes(range(256)) * 1024
+    gateway.send_data(sid, payload)
+    wire = gateway.data_to_send()
+    for cut in (1, HEADER_SIZE, HEADER_SIZE + 1, 100_000, len(wire) - 1):
+        receiver = Connection(Role.AGENT)
+        receiver.receive_data(Connection(Role.GATEWAY).data_to_send())
+        receiver.receive_data(open_frame(sid, "a:1"))
+        events = receiver.receive_data(memoryview(wire)[:cut])
+        events += receiver.receive_data(bytearray(wire[cut:]))
+        assert b"".join(e.data for e in events if isinstance(e, ev.DataReceived)) == payload
+        assert not receiver._inbound

@@ -34,7 +34,13 @@ def check_invariants(connection: Connection) -> None:
         assert stream.state is not StreamState.CLOSED
         assert 0 <= stream.send_window <= MAX_WINDOW
         assert stream.recv_window >= 0 and stream.unacknowledged >= 0
-        assert stream.recv_window + stream.unacknowledged <= connection.INITIAL_WINDOW
+        # What the peer may still send plus what we hold never passes the window granted,
+        # and no stream's window passes its cap nor all growth the connection's budget.
+        assert stream.recv_window + stream.unacknowledged <= stream.window
+        assert connection.INITIAL_WINDOW <= stream.window <= connection.MAX_STREAM_WINDOW
+    assert connection.window_granted == sum(
+        stream.window - connection.INITIAL_WINDOW for stream in connection.streams.values())
+    assert 0 <= connection.window_granted <= connection.WINDOW_BUDGET
 
 
 def chunks(payload: bytes, cuts: list[int]) -> list[bytes]:
@@ -105,7 +111,9 @@ def agent_move(agent: Connection, action: str, sid: int, size: int) -> None:
     elif action == "agent-reset":
         agent.reset_stream(sid)
     elif action == "ack" and stream.unacknowledged:
-        agent.acknowledge(sid, 1 + size % stream.unacknowledged)
+        # Window growth and shrinking ride on acknowledgements: both must stay legal.
+        agent.acknowledge(sid, 1 + size % stream.unacknowledged, grow=size % 3 == 1,
+                          shrink=size % 3 == 2)
 
 
 @FUZZ

@@ -31,8 +31,10 @@ MANAGED = {"device_id": "dev-1", "device_enrolled": True, "device_user": "tanaka
 BYOD = {**MANAGED, "device_profile": "byod"}
 QUARANTINED = {**MANAGED, "device_profile": "quarantine"}
 NOW = datetime(2025, 4, 1, 0, 30, tzinfo=UTC)  # conftest's `now`: proven just now
-PASSKEY = {"auth_methods": frozenset({"pwd", "webauthn", "webauthn_uv"}), "auth_time": NOW}
-TOTP = {"auth_methods": frozenset({"pwd", "totp"}), "auth_time": NOW}
+PASSKEY = {"auth_methods": frozenset({"pwd", "webauthn", "webauthn_uv"}), "auth_time": NOW,
+           "proofs": {"pwd": NOW, "webauthn": NOW, "webauthn_uv": NOW}}
+TOTP = {"auth_methods": frozenset({"pwd", "totp"}), "auth_time": NOW,
+        "proofs": {"pwd": NOW, "totp": NOW}}
 ANONYMOUS = {"authenticated": False, "user": None, "groups": frozenset()}
 
 # (segment, mode, redirection, facts, allowed, reasons) — the same under every profile
@@ -115,10 +117,13 @@ def test_redirecting_lgwan_screen_route_by_profile(
 def test_mynumber_proof_must_be_fresh(make_facts: MakeFacts) -> None:
     facts = make_facts(source_ip=TERMINAL, segment="mynumber", **PASSKEY, **MANAGED)
     policy = guardrail_for("beta-prime", "mynumber", "http", NETWORKS).compile()
-    fresh = make_facts(**{**_fields(facts), "auth_time": facts.now - timedelta(minutes=15)})
-    stale = make_facts(**{**_fields(facts), "auth_time": facts.now - timedelta(minutes=16)})
-    assert evaluate(fresh, policy).allow is True
-    assert evaluate(stale, policy).reasons == ("auth-too-old",)
+    def proven(age: timedelta) -> Facts:
+        when = facts.now - age
+        return make_facts(**{**_fields(facts), "auth_time": when,
+                             "proofs": {m: when for m in facts.auth_methods}})
+
+    assert evaluate(proven(timedelta(minutes=15)), policy).allow is True
+    assert evaluate(proven(timedelta(minutes=16)), policy).reasons == ("auth-too-old",)
 
 
 def _fields(facts: Facts) -> dict[str, Any]:
@@ -286,6 +291,12 @@ BROKEN: list[tuple[str, str, str, dict[str, Any], dict[str, bool], str, tuple[An
      "policy", ("allow", "and", 0, "mfa")),
     ("mynumber-fresh-proof", "mynumber", "http", {"allow": {"and": [{"auth_age": "1h"}]}}, {},
      "policy", ("allow", "and", 0, "auth_age")),
+    ("mynumber-fresh-proof", "mynumber", "http",
+     {"allow": {"and": [{"mfa": {"methods": "webauthn_uv", "within": "1h"}}]}}, {},
+     "policy", ("allow", "and", 0, "mfa", "within")),
+    ("mynumber-passkey", "mynumber", "http",
+     {"allow": {"and": [{"mfa": {"methods": ["totp", "webauthn_uv"], "within": "5m"}}]}}, {},
+     "policy", ("allow", "and", 0, "mfa")),
     ("mynumber-not-public", "mynumber", "http", {"allow": {"or": [{"always": True}]}}, {},
      "policy", ("allow", "or", 0, "always")),
     ("mynumber-no-redirection", "mynumber", "screen", STAFF, {"printing": True},
@@ -305,6 +316,8 @@ NARROWING: list[tuple[str, str, dict[str, Any], dict[str, bool]]] = [
     ("mynumber", "http", {"allow": {"and": [{"source_ip": ["10.99.1.0/25", "10.99.1.128/25"]},
                                             {"device": {"profile": "managed"}},
                                             {"mfa": ["webauthn_uv"]}, {"auth_age": "5m"}]}}, {}),
+    ("mynumber", "http", {"allow": {"and": [
+        {"mfa": {"methods": ["webauthn_uv"], "within": "15m"}}]}}, {}),
     ("mynumber", "http", {"deny": {"not": [{"always": True}]}, **STAFF}, {}),
     ("lgwan", "http", {"allow": {"and": [{"source_ip": "10.20.5.0/24"}]}}, {}),
     ("lgwan", "screen", {"allow": {"and": [{"source_ip": "0.0.0.0/1"}]}}, {}),  # screen: any

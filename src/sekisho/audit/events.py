@@ -388,3 +388,245 @@ class WebSocketClosed(AuditEvent):
     duration_s: float  # how long it was open
     bytes_in: int  # client to upstream
     bytes_out: int  # upstream to client
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigEdited(AuditEvent):
+    """An administrator changed the configuration file from the admin console or API.
+
+    Appended before the file is written (no audit, no change); the reload that follows is
+    recorded by `config.reloaded` or `config.rejected`."""
+
+    event_type: ClassVar[str] = "config.edited"
+
+    admin: str
+    source: str  # the configuration file
+    before_sha256: str
+    after_sha256: str
+    diff: str  # unified diff, current → new, inline secrets redacted, capped
+    comment: str
+    via: str  # "session" | "token"
+    source_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigEditFailed(AuditEvent):
+    """An audited configuration edit could not be written; the file is unchanged."""
+
+    event_type: ClassVar[str] = "config.edit_failed"
+
+    admin: str
+    source: str
+    after_sha256: str
+    error: str  # the operating system's reason (no file content)
+    source_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApiTokenChanged(AuditEvent):
+    """A superadmin (or a superadmin's token) created or revoked an admin API token."""
+
+    event_type: ClassVar[str] = "admin.api_token"
+
+    admin: str  # who did it: a user name, or "token:<name>"
+    action: str  # "created" | "revoked"
+    token: str  # the token's public id (never its secret)
+    name: str
+    role: str
+    expires_at: str  # ISO 8601, UTC
+    source_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditVerified(AuditEvent):
+    """An administrator verified the audit hash chain from the admin console or API."""
+
+    event_type: ClassVar[str] = "audit.verified"
+
+    admin: str
+    ok: bool
+    checked: int  # records found intact (before the first broken one)
+    head_seq: int  # the chain head when the verification ran
+    first_bad_seq: int  # 0 when the chain is intact
+    problem: str  # what is wrong at first_bad_seq ("" when intact)
+    source_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorTokenCreated(AuditEvent):
+    """An administrator created a one-time token with which a connector of a site can enrol."""
+
+    event_type: ClassVar[str] = "connector.token_created"
+
+    admin: str
+    site: str
+    token: str  # first 8 hex digits of the token's SHA-256 (never the token)
+    expires_at: str  # ISO 8601 UTC
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorEnrolled(AuditEvent):
+    """A connector spent an enrolment token and received a certificate from the internal CA."""
+
+    event_type: ClassVar[str] = "connector.enrolled"
+
+    connector: str  # the connector id (server-generated)
+    site: str
+    name: str
+    serial: str  # certificate serial number, hex
+    token: str  # first 8 hex digits of the spent token's SHA-256
+    source_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorRevoked(AuditEvent):
+    """An administrator revoked a connector: its tunnels are cut and its certificate refused."""
+
+    event_type: ClassVar[str] = "connector.revoked"
+
+    admin: str
+    connector: str
+    site: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorConnected(AuditEvent):
+    """A connector's tunnel handshake was accepted, or refused by the registry."""
+
+    event_type: ClassVar[str] = "connector.connected"
+    durable: ClassVar[bool] = False
+
+    connector: str  # "" when the certificate matches no connector
+    site: str
+    accepted: bool
+    reason: str  # "" when accepted; "revoked", "unknown-certificate", "protocol"
+    source_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorDisconnected(AuditEvent):
+    """A connector's tunnel ended (closed, lost, timed out, or cut on revocation)."""
+
+    event_type: ClassVar[str] = "connector.disconnected"
+    durable: ClassVar[bool] = False
+
+    connector: str
+    site: str
+    reason: str
+    streams: int  # streams carried during the tunnel's life
+    source_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorStreamRefused(AuditEvent):
+    """A stream through a connector failed to open: the agent refused the destination (not
+    allow-listed), could not reach it, or no connector of the site was connected."""
+
+    event_type: ClassVar[str] = "connector.stream_refused"
+    durable: ClassVar[bool] = False
+
+    connector: str  # "" when no connector of the site was available
+    site: str
+    destination: str  # host:port
+    code: str  # "refused", "connect-failed", "no-connector", …
+
+
+@dataclass(frozen=True, slots=True)
+class TcpOpened(AuditEvent):
+    """A `sekisho tcp` connection was allowed and its destination connected: the splice
+    starts (the decision itself is the `access.decision` before it)."""
+
+    event_type: ClassVar[str] = "tcp.opened"
+    durable: ClassVar[bool] = False
+
+    route: str
+    user: str
+    session: str  # short id of the session behind the CLI credential
+    destination: str  # host:port as the route names it
+    via: str  # "direct" or "connector:<site>"
+    source_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class TcpClosed(AuditEvent):
+    """A `sekisho tcp` connection ended: who ended it, bytes each way and how long it lasted.
+
+    `ended` is "client" or "destination" (a side closed), "cut" (re-deciding its access no
+    longer allowed it: `trigger` and `reasons` say why), or "shutdown" (the gateway stopped)."""
+
+    event_type: ClassVar[str] = "tcp.closed"
+    durable: ClassVar[bool] = False
+
+    route: str
+    user: str
+    session: str
+    destination: str
+    source_ip: str
+    ended: str
+    trigger: str  # "" unless cut: as websocket.closed
+    reasons: tuple[str, ...]  # () unless cut
+    bytes_in: int  # client to destination
+    bytes_out: int  # destination to client
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class CliAuthorized(AuditEvent):
+    """A signed-in user confirmed, in the browser, that the command line (`sekisho login`)
+    may act for their session; a one-time code went to the CLI's loopback port."""
+
+    event_type: ClassVar[str] = "cli.authorized"
+
+    user: str
+    session: str
+    port: int  # the CLI's loopback callback port
+    source_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class CliCredentialIssued(AuditEvent):
+    """The CLI exchanged its one-time code (with the PKCE verifier) for a credential bound
+    to the session; revoking the session revokes it."""
+
+    event_type: ClassVar[str] = "cli.credential_issued"
+
+    user: str
+    session: str
+    expires_at: str  # ISO 8601 UTC: never after the session's own expiry
+    source_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenSessionStarted(AuditEvent):
+    """A screen-transfer session (画面転送) began: the gateway connected the browser's
+    WebSocket to the route's VNC server, behind its RFB filter. Durable: no record, no
+    session (the start is the recording metadata the municipal requirements ask for)."""
+
+    event_type: ClassVar[str] = "screen.started"
+
+    route: str
+    user: str
+    session: str  # short id of the sign-in session
+    source_ip: str
+    target: str  # the route's `to` (vnc://host:port or connector:site/host:port)
+    clipboard: bool  # whether the filter lets ClientCutText/ServerCutText through
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenSessionEnded(AuditEvent):
+    """A screen-transfer session ended, with why and what the RFB filter removed."""
+
+    event_type: ClassVar[str] = "screen.ended"
+
+    route: str
+    user: str
+    session: str
+    source_ip: str
+    reason: str  # "closed" | "idle" | "revoked" | "filter" | "server" | "error" | "shutdown"
+    detail: str  # the filter's violation code, "" otherwise
+    duration_s: float
+    bytes_in: int  # browser to VNC server (after the filter)
+    bytes_out: int  # VNC server to browser (after the filter)
+    client_cut_dropped: int  # clipboard transfers removed, browser to server
+    server_cut_dropped: int  # clipboard transfers removed, server to browser
+    encodings_removed: int  # encodings and pseudo-encodings struck from SetEncodings

@@ -31,6 +31,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from sekisho.audit.chain import RESERVED_KEYS, canonical_json
+from sekisho.audit.columns import of_event
 from sekisho.audit.events import AuditEvent
 from sekisho.errors import SekishoError
 from sekisho.storage.audit_log import PendingRecord, append_batch, check_writable
@@ -221,7 +222,8 @@ class AuditLog:
         occurred_at = self._now()
         if occurred_at.tzinfo is UTC:
             body = _fast_body(event, occurred_at)
-            record = PendingRecord(event.event_type, occurred_at, event.actor, body)
+            record = PendingRecord(event.event_type, occurred_at, event.actor, body,
+                                   of_event(event))
         else:
             record = self._pending(event, occurred_at)
         queue = self._queue
@@ -324,7 +326,7 @@ class AuditLog:
         if occurred_at.tzinfo is None:
             occurred_at = occurred_at.replace(tzinfo=UTC)
         body = canonical_json(event.event_type, occurred_at, _fields_of(event))
-        return PendingRecord(event.event_type, occurred_at, event.actor, body)
+        return PendingRecord(event.event_type, occurred_at, event.actor, body, of_event(event))
 
     def _submit(self, event: AuditEvent) -> concurrent.futures.Future[int]:
         queued_at = self._admit()

@@ -17,7 +17,7 @@ from sekisho.errors import SekishoError
 
 COMMANDS = (
     "serve", "config", "db", "user", "group", "session", "audit", "keys", "ca",
-    "device", "policy",
+    "device", "policy", "token", "connector", "tcp",
 )
 
 

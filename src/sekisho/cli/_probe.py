@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -60,8 +61,9 @@ class Probe:
     email: str
     ip: ipaddress.IPv4Address | ipaddress.IPv6Address
     at: datetime | None  # None: now
-    mfa: frozenset[str]
-    auth_age: int
+    # second factors with the seconds since each was proven (None: `auth_age`, like sign-in)
+    mfa: tuple[tuple[str, int | None], ...]
+    auth_age: int  # seconds since sign-in (the primary proof)
     idp: str
     device: str = ""  # a registry device id
     device_profile: str = ""  # a hypothetical enrolled device of this posture profile
@@ -141,13 +143,8 @@ def parse_probe(fields: Mapping[str, Any], timezone: str,
     user = _text("user", fields.get("user")) or None
     groups = _texts("groups", fields.get("groups"))
     email = _text("email", fields.get("email"))
-    mfa = _texts("mfa", fields.get("mfa"))
+    mfa = _factors(_texts("mfa", fields.get("mfa")))
     idp = _text("idp", fields.get("idp"))
-    unknown = sorted(mfa - SECOND_FACTORS)
-    if unknown:
-        known = ", ".join(sorted(SECOND_FACTORS))
-        raise BadInput("mfa", f"不明な方式 {unknown[0]!r} です（{known}）",
-                       f"unknown method {unknown[0]!r} (expected: {known})")
     auth_age = fields.get("auth_age")
     if auth_age is None:
         auth_age = 0
@@ -180,6 +177,41 @@ def parse_probe(fields: Mapping[str, Any], timezone: str,
     return Probe(url, strip_port(parts.netloc), target.encode("utf-8"), user, method.upper(),
                  groups, email, ip, _when(fields.get("at"), timezone), mfa, auth_age, idp,
                  device, device_profile)
+
+
+_FACTOR = re.compile(r"^([a-z_]+)(?:@([0-9]{1,9}))?$")
+
+
+def _factors(texts: frozenset[str]) -> tuple[tuple[str, int | None], ...]:
+    """`totp` (proven at sign-in) or `webauthn_uv@300` (proven 300 seconds ago), each once."""
+    known = ", ".join(sorted(SECOND_FACTORS))
+    found: dict[str, int | None] = {}
+    for text in sorted(texts):
+        match = _FACTOR.match(text)
+        if match is None:
+            raise BadInput("mfa", f"方式、または 方式@秒数 の形で指定してください（例 "
+                           f"webauthn_uv@300）。指定値: {text!r}",
+                           f"expected METHOD or METHOD@SECONDS (e.g. webauthn_uv@300), "
+                           f"got {text!r}")
+        name, seconds = match.group(1), match.group(2)
+        if name not in SECOND_FACTORS:
+            raise BadInput("mfa", f"不明な方式 {name!r} です（{known}）",
+                           f"unknown method {name!r} (expected: {known})")
+        if name in found:
+            raise BadInput("mfa", f"方式 {name!r} が 2 回指定されています",
+                           f"the method {name!r} is given twice")
+        found[name] = None if seconds is None else int(seconds)
+    return tuple(sorted(found.items()))
+
+
+def proof_times(probe: Probe, now: datetime, primary: str) -> dict[str, datetime]:
+    """When each method of a signed-in probe was proven: the primary `auth_age` seconds
+    ago, each second factor its own `@SECONDS` ago (else with the sign-in)."""
+    signed_in = now - timedelta(seconds=probe.auth_age)
+    times = {primary: signed_in}
+    for name, seconds in probe.mfa:
+        times[name] = signed_in if seconds is None else now - timedelta(seconds=seconds)
+    return times
 
 
 def _when(value: Any, timezone: str) -> datetime | None:
@@ -279,6 +311,7 @@ def decide(runtime: Runtime, probe: Probe, devices: DeviceLookup | None = None) 
         device = devices(probe.device, now)
     signed_in = probe.facts_user is not None
     primary = "oidc" if probe.idp else "pwd"
+    proofs = proof_times(probe, now, primary) if signed_in else {}
     facts = Facts(
         authenticated=signed_in,
         user=probe.facts_user,
@@ -291,8 +324,10 @@ def decide(runtime: Runtime, probe: Probe, devices: DeviceLookup | None = None) 
         route=route.id,
         segment=route.segment,
         now=now,
-        auth_methods=probe.mfa | {primary} if signed_in else frozenset(),
-        auth_time=now - timedelta(seconds=probe.auth_age) if signed_in else None,
+        auth_methods=frozenset(proofs),
+        # The last proof of any kind, as a session keeps it (`auth_age` reads this).
+        auth_time=max(proofs.values()) if proofs else None,
+        proofs=MappingProxyType(proofs),
         idp=probe.idp,
         holidays=runtime.config.holidays,
         device_id=device.device_id,

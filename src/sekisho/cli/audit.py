@@ -72,12 +72,11 @@ def run_verify(args: argparse.Namespace) -> int:
         with open(args.jsonl, encoding="utf-8") as lines:
             result = verify(records_from_jsonl(lines))
     else:
-        from sekisho.storage.audit_log import iter_records, read_head
+        from sekisho.storage.audit_query import verify_stored
 
         engine = open_engine(args)
         try:
-            head = read_head(engine)
-            result = verify(iter_records(engine), head=head or (0, "0" * 64))
+            result, _ = verify_stored(engine)  # the chain and the search columns
         finally:
             engine.dispose()
     if result.ok:

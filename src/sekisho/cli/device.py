@@ -52,6 +52,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     suspend.add_argument("--reason", default="")
     suspend.set_defaults(handler=run_status, status="suspended")
 
+    resume = _admin(commands.add_parser("resume", help="停止した端末を再開 (CRL から外れる) / "
+                                        "resume a suspended device (leaves the CRL)"))
+    resume.add_argument("id")
+    resume.add_argument("--reason", default="")
+    resume.set_defaults(handler=run_status, status="active")
+
     revoke = _admin(commands.add_parser("revoke", help="端末を失効 (取り消せません) / revoke a "
                                         "device (final)"))
     revoke.add_argument("id")
@@ -169,6 +175,8 @@ def run_status(args: argparse.Namespace) -> int:
         engine.dispose()
     if event is None:
         print(f"{device.device_id}: 変更なし / unchanged ({device.status})")
+    elif device.status == "active":
+        print(f"{device.device_id}: active (CRL から外れます / no longer in the CRL)")
     else:
         print(f"{device.device_id}: {device.status} (CRL に掲載 / listed in the CRL)")
     return 0

@@ -1,5 +1,6 @@
 """`sekisho group add|members`: groups that policies name, and who belongs to them.
 
+What each change does is `identity.accounts` (the admin API does the same through it).
 Every change is appended to the audit chain (`GroupChanged`).
 """
 
@@ -37,13 +38,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from sekisho.audit.events import GroupChanged
-    from sekisho.storage import users
+    from sekisho.identity.accounts import create_group
 
     engine = open_engine(args)
     try:
-        group = users.create_group(engine, args.name, description=args.description)
-        audit_event(engine, GroupChanged(admin=admin_name(), group=group.name, action="create"))
+        group = create_group(engine, lambda event: audit_event(engine, event), args.name,
+                             admin=admin_name(), description=args.description)
     finally:
         engine.dispose()
     print(f"グループ {group.name} を追加しました / added group {group.name}")
@@ -51,7 +51,7 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_members(args: argparse.Namespace) -> int:
-    from sekisho.audit.events import GroupChanged
+    from sekisho.identity.accounts import add_member, remove_member
     from sekisho.storage import users
 
     engine = open_engine(args)
@@ -59,15 +59,11 @@ def run_members(args: argparse.Namespace) -> int:
     try:
         group = users.require_group(engine, args.name)
         for name in args.add:
-            user = users.require_user(engine, name)
-            if users.add_member(engine, group.name, user.username):
-                audit_event(engine, GroupChanged(admin=admin, group=group.name,
-                                                 action="add-member", user=user.username))
+            add_member(engine, lambda event: audit_event(engine, event), group.name, name,
+                       admin=admin)
         for name in args.remove:
-            user = users.require_user(engine, name)
-            if users.remove_member(engine, group.name, user.username):
-                audit_event(engine, GroupChanged(admin=admin, group=group.name,
-                                                 action="remove-member", user=user.username))
+            remove_member(engine, lambda event: audit_event(engine, event), group.name, name,
+                          admin=admin)
         members = users.group_members(engine, group.name)
     finally:
         engine.dispose()

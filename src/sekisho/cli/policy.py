@@ -29,7 +29,7 @@ from sekisho.cli._probe import (
     parse_probe,
     registry_device,
 )
-from sekisho.policy import REASONS, explain_reason
+from sekisho.policy import REASONS, Facts, explain_reason
 from sekisho.policy.explain import render
 from sekisho.runtime import Runtime, build_runtime
 
@@ -62,10 +62,20 @@ def _facts_line(result: Result, language: str) -> str:
     assert facts is not None
     groups = ", ".join(sorted(facts.groups))
     who = (f"user={facts.user} groups=[{groups}] email={facts.email or '-'}"
-           f" auth={'+'.join(sorted(facts.auth_methods))}"
+           f" auth={'+'.join(sorted(facts.auth_methods))}{_ages(facts)}"
            if facts.authenticated else _label("anonymous", language))
     return (f"{_label('facts', language)}: {who} ip={facts.source_ip} method={facts.method} "
             f"at={facts.now.isoformat(timespec='seconds')} device={_device(result.device)}")
+
+
+def _ages(facts: Facts) -> str:
+    """` proven=pwd@3600s,webauthn_uv@300s` when the methods were proven at different times
+    (nothing when all were proven together, as at a plain sign-in)."""
+    if len(set(facts.proofs.values())) <= 1:
+        return ""
+    ages = ",".join(f"{name}@{round((facts.now - when).total_seconds())}s"
+                    for name, when in sorted(facts.proofs.items()))
+    return f" proven={ages}"
 
 
 def _device(device: DeviceFacts | None) -> str:
@@ -275,10 +285,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                          help="接続元 IP / source IP (default 192.0.2.1: the internet)")
     explain.add_argument("--at", "--time", dest="at", default=None,
                          help="日時 ISO 8601 / time, e.g. 2026-12-01T09:00+09:00 (default: now)")
-    explain.add_argument("--mfa", action="append", default=None,
-                         help="済ませた 2 段階目 (totp, webauthn_uv …) / second factor proven")
+    explain.add_argument("--mfa", action="append", default=None, metavar="METHOD[@SECONDS]",
+                         help="済ませた 2 段階目 (totp, webauthn_uv …)。@秒数 でその方式を何秒前に"
+                              "済ませたか（省略時はサインインと同時）/ a second factor proven "
+                              "(totp, webauthn_uv …); @SECONDS: how long ago it was proven "
+                              "(default: with the sign-in), e.g. webauthn_uv@300")
     explain.add_argument("--auth-age", dest="auth_age", type=int, default=None,
-                         help="最後の本人確認からの秒数 / seconds since the last proof (0)")
+                         help="サインイン（1 段階目）からの秒数 / seconds since the sign-in, "
+                              "the primary proof (0)")
     explain.add_argument("--idp", default=None, help="IdP の id / identity provider id")
     explain.add_argument("--device", default=None, metavar="ID",
                          help="端末台帳の端末 ID（登録状態・利用者・プロファイルを台帳から）/ a "

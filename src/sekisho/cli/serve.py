@@ -20,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_config_option(parser)
     parser.add_argument("--demo", action="store_true",
                         help="組み込みのデモ構成で起動 / run the embedded demo")
+    parser.add_argument("--demo-reset", action="store_true",
+                        help="デモの設定ファイルを初期状態で書き直して起動 (--demo を含む) / "
+                             "rewrite the demo configuration file afresh (implies --demo)")
     parser.add_argument("--data-dir", default="./var/demo",
                         help="デモのデータ置き場 / demo data directory (default ./var/demo)")
     parser.add_argument("--port", type=int, default=8443,
@@ -37,11 +40,11 @@ def run(args: argparse.Namespace) -> int:
     from sekisho.observability import logs
 
     logs.configure(os.environ.get("SEKISHO_LOG_LEVEL", "INFO"))
-    if args.demo or not args.config:
+    if args.demo or args.demo_reset or not args.config:
         from sekisho.demo.setup import prepare_demo
 
         launch = prepare_demo(Path(args.data_dir), args.workers, port=args.port,
-                              admin_port=args.admin_port)
+                              admin_port=args.admin_port, reset=args.demo_reset)
         return app.serve(launch)
     from sekisho.config.loader import load_config
 

@@ -1,5 +1,6 @@
 """`sekisho user add|list|disable|enable|passwd`: local accounts, with the password policy.
 
+What each change does is `identity.accounts` (the admin API does the same through it).
 Every change is appended to the audit chain (`UserChanged`) with the operating-system user
 as the administrator. Passwords are read with a hidden prompt (twice) on a terminal, or one
 line from standard input with `--password-stdin` (scripts); never from the command line,
@@ -12,7 +13,7 @@ import argparse
 import getpass
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from sekisho.cli._common import add_config_option, add_database_option, open_engine
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from sekisho.audit.events import AuditEvent
+    from sekisho.identity.sessions import SessionManager
 
 def admin_name() -> str:
     try:
@@ -96,21 +98,33 @@ def read_password(from_stdin: bool) -> str:
 
 
 def _checked_hash(password: str, name: str, display_name: str, email: str) -> str | None:
-    from sekisho.identity.password_policy import check_password
-    from sekisho.identity.passwords import PasswordHasher
+    from sekisho.identity.accounts import PasswordRejected, hash_new_password
 
-    problems = check_password(password, username=name, display_name=display_name, email=email)
-    if problems:
+    try:
+        return hash_new_password(password, username=name, display_name=display_name,
+                                 email=email)
+    except PasswordRejected as exc:
         print("パスワードが要件を満たしていません / the password does not meet the policy:",
               file=sys.stderr)
-        for problem in problems:
+        for problem in exc.problems:
             print(f"  - [{problem.code}] {problem.ja} / {problem.en}", file=sys.stderr)
         return None
-    return PasswordHasher().hash(password)
+
+
+def session_manager(engine: Engine) -> SessionManager:
+    """Revocations through the manager, as the gateway makes them (change feed included)."""
+    from sekisho.config.model import SessionSettings
+    from sekisho.identity.sessions import SessionManager
+
+    return SessionManager(engine, SessionSettings())
+
+
+def _audit(engine: Engine) -> Callable[[AuditEvent], None]:
+    return lambda event: audit_event(engine, event)
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from sekisho.audit.events import GroupChanged, UserChanged
+    from sekisho.identity.accounts import create_account
     from sekisho.storage import users
 
     name = users.valid_name(args.name)
@@ -120,16 +134,9 @@ def run_add(args: argparse.Namespace) -> int:
         return 1
     engine = open_engine(args)
     try:
-        for group in args.group:  # refuse before creating anything
-            users.require_group(engine, group)
-        user = users.create_user(engine, name, display_name=args.display_name,
-                                 email=args.email, password_hash=password_hash)
-        admin = admin_name()
-        audit_event(engine, UserChanged(admin=admin, user=user.username, action="create"))
-        for group in args.group:
-            users.add_member(engine, group, user.username)
-            audit_event(engine, GroupChanged(admin=admin, group=users.canonical_name(group),
-                                             action="add-member", user=user.username))
+        user = create_account(engine, _audit(engine), username=name, admin=admin_name(),
+                              display_name=args.display_name, email=args.email,
+                              password_hash=password_hash, groups=args.group)
     finally:
         engine.dispose()
     print(f"ユーザー {user.username} を追加しました / added user {user.username}")
@@ -172,21 +179,12 @@ def print_table(rows: Sequence[tuple[str, ...]]) -> None:
 
 
 def _set_disabled(args: argparse.Namespace, disabled: bool) -> int:
-    from sekisho.audit.events import SessionRevoked, UserChanged
-    from sekisho.storage import sessions, users
+    from sekisho.identity.accounts import set_disabled
 
     engine = open_engine(args)
-    admin = admin_name()
-    try:
-        user = users.set_disabled(engine, args.name, disabled)
-        audit_event(engine, UserChanged(admin=admin, user=user.username,
-                                        action="disable" if disabled else "enable"))
-        if disabled:  # end its sessions now, not only at the next lookup
-            from datetime import UTC, datetime
-
-            for sid in sessions.revoke_user(engine, user.id, datetime.now(UTC), "disabled"):
-                audit_event(engine, SessionRevoked(admin=admin, session=sid[:12],
-                                                   user=user.username, reason="disabled"))
+    try:  # disabling ends the user's sessions now, not only at the next lookup
+        user = set_disabled(engine, session_manager(engine), _audit(engine), args.name,
+                            disabled, admin=admin_name())
     finally:
         engine.dispose()
     state = "無効化しました / disabled" if disabled else "有効化しました / enabled"
@@ -203,7 +201,7 @@ def run_enable(args: argparse.Namespace) -> int:
 
 
 def run_passwd(args: argparse.Namespace) -> int:
-    from sekisho.audit.events import UserChanged
+    from sekisho.identity.accounts import set_password
     from sekisho.storage import users
 
     engine = open_engine(args)
@@ -213,36 +211,28 @@ def run_passwd(args: argparse.Namespace) -> int:
         password_hash = _checked_hash(password, user.username, user.display_name, user.email)
         if password_hash is None:
             return 1
-        users.set_password_hash(engine, user.username, password_hash)
-        audit_event(engine, UserChanged(admin=admin_name(), user=user.username,
-                                        action="password"))
+        # An administrator's reset ends the user's sessions (the old password may be known).
+        ended = set_password(engine, session_manager(engine), _audit(engine), user.username,
+                             password_hash, admin=admin_name())
     finally:
         engine.dispose()
     print(f"{user.username}: パスワードを設定しました / password set")
+    if ended:
+        print(f"セッション {ended} 件を終了しました / ended {ended} session(s)")
     return 0
 
 
 def run_reset_factors(args: argparse.Namespace) -> int:
-    """Lost phone: the user enrols again at the next sign-in (MFA stays required)."""
-    from datetime import UTC, datetime
-
-    from sekisho.audit.events import FactorsReset, SessionRevoked
-    from sekisho.storage import factors, users, webauthn
-    from sekisho.storage import sessions as session_store
+    """Lost phone: the user enrols again at the next sign-in (MFA stays required); their
+    sessions end."""
+    from sekisho.identity.accounts import reset_factors
+    from sekisho.storage import users
 
     engine = open_engine(args)
     try:
         user = users.require_user(engine, args.name)
-        removed, codes = factors.reset_user(engine, user.id)
-        removed += webauthn.remove_user_credentials(engine, user.id)  # passkeys too
-        admin = admin_name()
-        audit_event(engine, FactorsReset(admin=admin, user=user.username, factors=removed,
-                                         recovery_codes=codes))
-        # A session proven with the lost factor may be in a thief's hands: end them all.
-        for session_id in session_store.revoke_user(engine, user.id, datetime.now(UTC),
-                                                    "factors-reset"):
-            audit_event(engine, SessionRevoked(admin=admin, session=session_id[:12],
-                                               user=user.username, reason="factors-reset"))
+        removed, codes, _ = reset_factors(engine, session_manager(engine), _audit(engine),
+                                          user.username, admin=admin_name())
     finally:
         engine.dispose()
     print(f"{user.username}: 認証要素 {removed} 件とリカバリーコード {codes} 件を削除しました / "

@@ -12,7 +12,9 @@ import hashlib
 from pathlib import Path
 from types import MappingProxyType
 
+from sekisho.config.admin import build_admin
 from sekisho.config.build import Builder
+from sekisho.config.connector import build_connector
 from sekisho.config.idps import build_identity_providers, check_route_idps
 from sekisho.config.mfa import build_mfa
 from sekisho.config.model import (
@@ -124,6 +126,8 @@ def _build(builder: Builder, digest: str) -> Config:
         devices=devices,
         hooks=builder.hooks(),
         portal=build_portal(builder),
+        admin=build_admin(builder, policies),
+        connector=build_connector(builder),
         policies=MappingProxyType(policies),
         routes=routes,
         identity_providers=identity_providers,

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Segment = Literal["internet", "lgwan", "mynumber"]
-RouteMode = Literal["http", "screen"]
+RouteMode = Literal["http", "screen", "tcp"]
 Profile = Literal["alpha", "alpha-prime", "beta", "beta-prime"]
 
 
@@ -103,6 +103,9 @@ class Limits:
     max_header_bytes: int = 16 * 1024
     max_url_bytes: int = 8 * 1024
     max_form_bytes: int = 64 * 1024  # bodies of the gateway's own forms
+    # bodies under /.sekisho/api/ and /.sekisho/admin/ (a configuration with 1,000 routes
+    # is larger than any sign-in form)
+    max_admin_body_bytes: int = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +173,45 @@ class PortalSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectorSettings:
+    """The connector broker (see docs/connector.md): where agents in closed networks dial in."""
+
+    listen: ListenAddress | None = None  # None: no connector listener (off)
+    token_max_days: int = 30  # longest life of a one-time enrolment token
+    certificate_days: int = 365  # life of a connector certificate
+
+
+ADMIN_ROLES = ("superadmin", "helpdesk", "auditor")  # widest first (console.admin.ops.Role)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSettings:
+    """The admin console and API (see docs/admin.md): which groups hold which admin role, the
+    policy every admin request must pass, and the longest life an API token may have."""
+
+    # role -> groups; a user holds the widest role any of their groups gives (none: no access)
+    roles: tuple[tuple[str, tuple[str, ...]], ...] = (
+        ("superadmin", ("admins",)), ("helpdesk", ("helpdesk",)), ("auditor", ("auditors",)))
+    policy: str = ""  # name in Config.policies; "" = the built-in default (role group + passkey
+    #                   proven within 15 minutes), compiled as policy "admin:default"
+    token_max_days: int = 365
+
+    def groups_for(self, role: str) -> tuple[str, ...]:
+        return next((groups for name, groups in self.roles if name == role), ())
+
+    def role_of(self, groups: frozenset[str] | set[str]) -> str | None:
+        """The widest role the groups give, or None."""
+        for name in ADMIN_ROLES:
+            if any(group in groups for group in self.groups_for(name)):
+                return name
+        return None
+
+    @property
+    def admin_groups(self) -> frozenset[str]:
+        return frozenset(group for _, groups in self.roles for group in groups)
+
+
+@dataclass(frozen=True, slots=True)
 class IdentityProvider:
     """An OpenID Connect provider Sekisho trusts for sign-in (see docs/oidc.md)."""
 
@@ -227,6 +269,9 @@ class Networks:
     mynumber_terminals: tuple[IPNetwork, ...] = ()  # the only way into `mynumber`
 
 
+SCREEN_IDLE_DEFAULT = 900.0  # ScreenOptions.idle_timeout: 15 minutes
+
+
 @dataclass(frozen=True, slots=True)
 class ScreenOptions:
     """What a screen-transfer route lets cross besides pixels; all off unless turned on."""
@@ -235,6 +280,8 @@ class ScreenOptions:
     file_transfer: bool = False
     printing: bool = False
     drive: bool = False
+    # seconds without keyboard or mouse input before the gateway ends the session
+    idle_timeout: float = SCREEN_IDLE_DEFAULT
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +298,7 @@ class Route:
     timeouts: Timeouts | None = None  # None: the global timeouts
     title: str = ""
     idp: str = ""  # identity provider id: sign-in goes straight there
-    mode: RouteMode = "http"  # "screen": a screen-transfer product (guardrails differ)
+    mode: RouteMode = "http"  # "screen": a screen-transfer product; "tcp": `sekisho tcp`
     screen: ScreenOptions = field(default_factory=ScreenOptions)
 
 
@@ -273,6 +320,8 @@ class Config:
     devices: DeviceSettings = field(default_factory=DeviceSettings)
     hooks: HookSettings = field(default_factory=HookSettings)
     portal: PortalSettings = field(default_factory=PortalSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    connector: ConnectorSettings = field(default_factory=ConnectorSettings)
     # Policy name -> the raw policy document ({"allow": ..., "deny": ...}), compiled by policy/.
     policies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()

@@ -11,11 +11,21 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from sekisho.config.build import Builder
-from sekisho.config.model import Route, RouteMode, ScreenOptions, Segment, Timeouts
+from sekisho.config.connector import is_connector_target, parse_connector_target
+from sekisho.config.model import (
+    SCREEN_IDLE_DEFAULT,
+    Route,
+    RouteMode,
+    ScreenOptions,
+    Segment,
+    Timeouts,
+)
 from sekisho.config.problems import FieldPath
+from sekisho.config.tcp import is_tcp_target, parse_tcp_target
 from sekisho.config.values import Invalid, parse_from, parse_to
 
 INLINE_PREFIX = "route:"
+VNC_SCHEME = "vnc://"  # a screen route's VNC server, reached directly (gateway.screen)
 
 
 def named_policies(builder: Builder) -> dict[str, Mapping[str, Any]]:
@@ -62,7 +72,8 @@ def build_routes(
                 builder.problem((*here, "from"), exc.ja, exc.en)
         if isinstance(entry.get("to"), str):
             try:
-                to = parse_to(entry["to"])
+                to = _target(builder, entry["to"], tcp=entry.get("mode") == "tcp",
+                             screen=entry.get("mode") == "screen")
             except Invalid as exc:
                 builder.problem((*here, "to"), exc.ja, exc.en)
         if host is not None and path_prefix is not None:
@@ -112,18 +123,53 @@ def build_routes(
     return tuple(routes)
 
 
+def _target(builder: Builder, value: str, *, tcp: bool = False,
+            screen: bool = False) -> str:
+    """An upstream URL, or `connector:<site>/<host>:<port>` (which needs `connector.listen`:
+    without the listener no connector can ever dial in, and the route could only fail).
+    `tcp://host:port` for `mode: tcp` routes only, which take no http(s) URL (config.tcp).
+    `vnc://host:port` for `mode: screen` routes only: the gateway serves the screen page and
+    filters the VNC protocol itself (gateway.screen), as it does for a screen route's
+    `connector:` target; an http(s) screen route proxies to a screen-transfer product."""
+    if value.lower().startswith(VNC_SCHEME):
+        if not screen:
+            raise Invalid("vnc:// は mode: screen のルートにだけ書けます",
+                          "vnc:// targets need mode: screen")
+        try:
+            return VNC_SCHEME + parse_tcp_target("tcp://" + value[len(VNC_SCHEME):]).url[6:]
+        except Invalid:
+            raise Invalid("vnc://<ホスト>:<ポート> の形で書いてください（パスやユーザー名は"
+                          "書けません）", "must be vnc://<host>:<port> (no path, user or query)"
+                          ) from None
+    if is_tcp_target(value) or (tcp and not is_connector_target(value)):
+        if not tcp:
+            raise Invalid("tcp:// は mode: tcp のルートにだけ書けます",
+                          "tcp:// targets need mode: tcp")
+        return parse_tcp_target(value).url
+    if not is_connector_target(value):
+        return parse_to(value)
+    target = parse_connector_target(value)
+    if not builder.section("connector").get("listen"):
+        raise Invalid("connector: のルートには connector.listen の設定が必要です",
+                      "a connector: route needs connector.listen (no connector can dial in)")
+    return f"connector:{target.site}/{target.destination}"
+
+
 def _mode(builder: Builder, entry: Mapping[str, Any], here: FieldPath
           ) -> tuple[RouteMode, ScreenOptions]:
     """`mode:` and, for screen routes, `screen:` (its options only mean something there)."""
-    mode: RouteMode = "screen" if entry.get("mode") == "screen" else "http"
+    mode: RouteMode = entry["mode"] if entry.get("mode") in ("screen", "tcp") else "http"
     raw = entry.get("screen")
     if not isinstance(raw, Mapping):
         return mode, ScreenOptions()
     if mode != "screen":
         builder.problem((*here, "screen"), "screen は mode: screen のルートにだけ書けます",
                         "applies to mode: screen routes only")
+    idle = raw.get("idle_timeout")
     return mode, ScreenOptions(**{name: raw.get(name) is True for name in
-                                  ("clipboard", "file_transfer", "printing", "drive")})
+                                  ("clipboard", "file_transfer", "printing", "drive")},
+                               idle_timeout=float(idle) if isinstance(idle, int | float)
+                               and not isinstance(idle, bool) else SCREEN_IDLE_DEFAULT)
 
 
 def _route_policy(

@@ -115,7 +115,10 @@ def read_yaml(text: str) -> tuple[Any, LineMap, list[Problem]]:
         raise YamlRefused(
             Problem(line, (), "NUL 文字が含まれています", "the file contains a NUL character")
         )
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the reader refuses control characters here, at construction
+    except yaml.YAMLError as exc:
+        raise YamlRefused(_syntax_problem(exc, text)) from None
     try:
         node = loader.get_single_node()
     except yaml.YAMLError as exc:

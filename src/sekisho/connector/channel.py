@@ -8,7 +8,9 @@ job is backpressure and liveness:
 - A `TunnelStream.read` gives window back only as the application consumes, so what the
   receiver buffers for a stream never exceeds the window it announced: a slow reader at one
   end slows the writer at the other instead of growing memory (the slow-client attack on a
-  relay).
+  relay). Only a stream whose reader keeps up (nothing left buffered when it gives window
+  back) has its window grown (`Connection.acknowledge(grow=True)`): a bulk transfer is not
+  held to one small window per round trip, and a slow reader never earns a larger one.
 - The reading task never waits for the transport to drain (two ends both blocked writing
   would deadlock); the control frames it answers with are bounded by `write_buffer_cap`,
   beyond which a peer that floods pings without reading is cut off.
@@ -63,6 +65,7 @@ class TunnelStream:
         self.buffered = 0  # received, not yet read by the application
         self._chunks: deque[bytes] = deque()
         self._consumed = 0  # read by the application, not yet given back as window
+        self._ack_at = channel.connection.INITIAL_WINDOW // 2
         self._eof = False
         self._write_closed = False
         self._error: SekishoError | None = None
@@ -91,9 +94,16 @@ class TunnelStream:
         # an interactive stream. A sender stalled on an empty window is never stranded: it
         # stalls only once a whole window is buffered or consumed here, so reading what is
         # buffered always reaches the step.
-        if self._consumed >= self.channel.connection.INITIAL_WINDOW // 2:
-            self.channel._acknowledge(self.stream_id, self._consumed)
+        if self._consumed >= self._ack_at:
+            # Nothing left buffered: the reader waits for the network, so the window (not
+            # the reader) sets the pace and may grow. More than half the window left unread:
+            # the reader fell behind, and a grown window goes back towards the initial one.
+            window = self.channel._acknowledge(
+                self.stream_id, self._consumed, grow=not self._chunks,
+                shrink=self.buffered > self._ack_at)
             self._consumed = 0
+            if window:
+                self._ack_at = window // 2
         return chunk
 
     async def readexactly(self, size: int) -> bytes:
@@ -118,10 +128,28 @@ class TunnelStream:
                 self._writable.clear()
                 await self._writable.wait()
                 continue
-            step = view[:window]
+            # At most the peer's initial window between two drains, however far the window
+            # has grown: what the transport holds stays within `Channel.write_buffer_cap`.
+            step = view[:min(window, connection.peer_initial_window)]
             connection.send_data(self.stream_id, step)
             view = view[len(step):]
             await self.channel._flush()
+
+    def send_now(self, data: memoryview) -> int:
+        """Queue what the window allows without waiting (0 while the transport is backed up
+        by more than the peer's initial window: then `write` waits for it to drain); returns
+        the bytes taken. For a caller that cannot await (`relay.StreamTransport`)."""
+        self._check_writable()
+        connection = self.channel.connection
+        transport = self.channel._writer.transport
+        if transport.get_write_buffer_size() >= connection.peer_initial_window:
+            return 0
+        step = data[:min(connection.send_window(self.stream_id),
+                         connection.peer_initial_window)]
+        if step:
+            connection.send_data(self.stream_id, step)
+            self.channel._write_pending()
+        return len(step)
 
     async def close_write(self) -> None:
         """Half-close: the peer reads EOF after everything written so far."""
@@ -208,6 +236,16 @@ class Channel:
     def closed(self) -> ChannelClosed | None:
         return self._closed
 
+    @property
+    def silent_for(self) -> float:
+        """Seconds since the peer last sent anything (a broker skips a tunnel whose pings go
+        unanswered before `dead_after` drops it)."""
+        return self._loop.time() - self._last_received
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
     async def start(self) -> ev.VersionAgreed:
         """Exchange hellos; raises ChannelClosed on a version mismatch, a bad peer or timeout."""
         self._write_pending()
@@ -268,10 +306,14 @@ class Channel:
             self._terminate(ChannelClosed(f"connection lost: {exc}", ErrorCode.INTERNAL))
         self._check_open()
 
-    def _acknowledge(self, stream_id: int, size: int) -> None:
-        if self.connection.state is ConnectionState.OPEN and size:
-            self.connection.acknowledge(stream_id, size)
-            self._write_pending()
+    def _acknowledge(self, stream_id: int, size: int, *, grow: bool = False,
+                     shrink: bool = False) -> int:
+        """Give window back; returns the stream's new window when it changed, else 0."""
+        if self.connection.state is not ConnectionState.OPEN or not size:
+            return 0
+        changed = self.connection.acknowledge(stream_id, size, grow=grow, shrink=shrink)
+        self._write_pending()
+        return self.connection.stream_window(stream_id) if changed else 0
 
     def _forget_if_done(self, stream_id: int) -> None:
         if stream_id not in self.connection.streams:

@@ -13,6 +13,11 @@ rules below are tested without a network:
   granted (HELLO's initial window, then WINDOW frames as the receiving application
   consumes). A peer that sends beyond its window is cut off with FLOW_CONTROL, so what a
   receiver ever buffers for one stream is bounded by the window it chose.
+- Window growth (auto-tuning): a receiver whose application keeps up may grant a busy stream
+  more than the initial window, up to `MAX_STREAM_WINDOW`, out of one `WINDOW_BUDGET` per
+  connection (given back when the stream ends). A WINDOW frame is an increment either way,
+  so the wire format is unchanged; what one tunnel can make a receiver buffer stays bounded
+  by `MAX_STREAMS * INITIAL_WINDOW + WINDOW_BUDGET`.
 - Errors are split as in h11: misuse by our own caller raises `LocalProtocolError`; anything
   the peer does wrong becomes a `ProtocolError` event, a queued GOAWAY and a closed
   connection. `receive_data` never raises on peer input.
@@ -92,11 +97,14 @@ _KINDS = frozenset(StreamKind)
 @dataclass(slots=True)
 class StreamInfo:
     """Per-stream accounting: `send_window` is what we may still send, `recv_window` what the
-    peer may still send, `unacknowledged` what we received but have not yet given back."""
+    peer may still send, `unacknowledged` what we received but have not yet given back, and
+    `window` the receive window granted in all (initial plus growth): always
+    `recv_window + unacknowledged == window`."""
 
     state: StreamState
     send_window: int
     recv_window: int
+    window: int
     unacknowledged: int = 0
 
 
@@ -106,7 +114,12 @@ class Connection:
     MIN_VERSION = 1
     MAX_VERSION = 1
     MAX_FRAME_PAYLOAD = 256 * 1024  # what we accept; we send frames up to the peer's figure
-    INITIAL_WINDOW = 256 * 1024  # per stream: the most we ever buffer for one stream
+    INITIAL_WINDOW = 256 * 1024  # per stream: what every stream may buffer from the start
+    # A busy stream's window may grow to this (what OpenSSH grants a channel), drawn from a
+    # budget shared by the connection's streams: a tunnel cannot make us buffer more than
+    # MAX_STREAMS * INITIAL_WINDOW + WINDOW_BUDGET however its streams are read.
+    MAX_STREAM_WINDOW = 2 * 1024 * 1024
+    WINDOW_BUDGET = 16 * 1024 * 1024
     MAX_STREAMS = 256  # concurrent streams we accept
     MAX_DESTINATION = 255
     # Announced limits below these are refused: tiny frames or windows would let a peer make
@@ -123,6 +136,7 @@ class Connection:
         self.peer_initial_window = 0
         self.peer_max_frame_payload = 0
         self.peer_max_streams = 0
+        self.window_granted = 0  # growth beyond the initial window, over the live streams
         self._inbound = bytearray()
         self._outbound: list[bytes | memoryview] = []
         hello = Hello(self.MIN_VERSION, self.MAX_VERSION, role, self.INITIAL_WINDOW,
@@ -159,7 +173,7 @@ class Connection:
         self.highest_stream_id += 1
         stream_id = self.highest_stream_id
         self.streams[stream_id] = StreamInfo(StreamState.OPEN, self.peer_initial_window,
-                                             self.INITIAL_WINDOW)
+                                             self.INITIAL_WINDOW, self.INITIAL_WINDOW)
         payload = bytes([StreamKind(kind)]) + destination.encode("ascii")
         self._outbound.append(frame(FrameType.OPEN, 0, stream_id, payload))
         return stream_id
@@ -212,25 +226,45 @@ class Connection:
             if 0 < stream_id <= self.highest_stream_id:
                 return
             raise LocalProtocolError(f"unknown stream {stream_id}")
-        del self.streams[stream_id]
+        self._forget(stream_id)
         self._outbound.append(frame(FrameType.RESET, 0, stream_id, U32.pack(code)))
 
-    def acknowledge(self, stream_id: int, size: int) -> None:
-        """Give `size` consumed bytes back to the peer's window on this stream."""
+    def acknowledge(self, stream_id: int, size: int, *, grow: bool = False,
+                    shrink: bool = False) -> int:
+        """Give `size` consumed bytes back to the peer's window on this stream. `grow` (the
+        application keeps up) also doubles the stream's window, within `MAX_STREAM_WINDOW`
+        and the connection's budget; `shrink` (it fell behind) withholds bytes instead, down
+        to the initial window, and returns them to the budget. Returns the window's change."""
         self._require_open()
         stream = self.streams.get(stream_id)
         if stream is None:
             if 0 < stream_id <= self.highest_stream_id:
-                return
+                return 0
             raise LocalProtocolError(f"unknown stream {stream_id}")
         if size <= 0 or size > stream.unacknowledged:
             raise LocalProtocolError(
                 f"cannot acknowledge {size} bytes: {stream.unacknowledged} unacknowledged")
         stream.unacknowledged -= size
         if stream.state not in CAN_RECEIVE:
-            return  # the peer sends no more: a window update would be noise
-        stream.recv_window += size
-        self._outbound.append(frame(FrameType.WINDOW, 0, stream_id, U32.pack(size)))
+            return 0  # the peer sends no more: a window update would be noise
+        change = 0
+        if grow:
+            change = max(0, min(stream.window, self.MAX_STREAM_WINDOW - stream.window,
+                                self.WINDOW_BUDGET - self.window_granted))
+        elif shrink:
+            change = -min(size, stream.window - self.INITIAL_WINDOW)
+        stream.window += change
+        self.window_granted += change
+        if size + change:
+            stream.recv_window += size + change
+            self._outbound.append(frame(FrameType.WINDOW, 0, stream_id,
+                                        U32.pack(size + change)))
+        return change
+
+    def stream_window(self, stream_id: int) -> int:
+        """The receive window granted on this stream so far (0 once it is gone)."""
+        stream = self.streams.get(stream_id)
+        return stream.window if stream is not None else 0
 
     def ping(self, payload: bytes) -> None:
         self._require_open()
@@ -252,26 +286,37 @@ class Connection:
         if self.state is ConnectionState.CLOSED or not data:
             return events
         buffer = self._inbound
-        buffer += data
-        size = len(buffer)
+        if buffer:
+            buffer += data
+            source: bytes | bytearray | memoryview = buffer
+        else:
+            source = data  # nothing pending: frames are cut straight out of what was read
         position = 0
-        while size - position >= HEADER_SIZE:
-            length, kind, flags, stream_id = HEADER.unpack_from(buffer, position)
-            problem = self._check_header(length, kind, flags, stream_id)
-            if problem is not None:
-                self._fail(problem[0], problem[1], events)
-                break
-            end = position + HEADER_SIZE + length
-            if end > size:
-                break
-            payload = bytes(buffer[position + HEADER_SIZE:end])
-            position = end
-            self._dispatch(FrameType(kind), flags, stream_id, payload, events)
-            if self.closed:
-                break
+        # One copy per payload (the bytes handed to the application), none for the bytes
+        # around it: a large DATA frame is not copied through intermediate buffers.
+        with memoryview(source) as view:
+            flat = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+            size = len(flat)
+            while size - position >= HEADER_SIZE:
+                length, kind, flags, stream_id = HEADER.unpack_from(flat, position)
+                problem = self._check_header(length, kind, flags, stream_id)
+                if problem is not None:
+                    self._fail(problem[0], problem[1], events)
+                    break
+                end = position + HEADER_SIZE + length
+                if end > size:
+                    break
+                payload = bytes(flat[position + HEADER_SIZE:end])
+                position = end
+                self._dispatch(FrameType(kind), flags, stream_id, payload, events)
+                if self.closed:
+                    break
+            if source is not buffer and position < size and not self.closed:
+                buffer += flat[position:]  # a partial frame waits for the next read
+            flat.release()  # the buffer may be resized only once no view is left
         if self.closed:
             buffer.clear()
-        else:
+        elif source is buffer:
             del buffer[:position]
         return events
 
@@ -321,6 +366,7 @@ class Connection:
             message = payload[4:].decode("utf-8", "replace")
             self.state = ConnectionState.CLOSED
             self.streams.clear()
+            self.window_granted = 0
             events.append(ev.GoAway(error_code(code), message))
 
     def _on_hello(self, payload: bytes, events: list[ev.Event]) -> None:
@@ -368,7 +414,7 @@ class Connection:
             return self._fail(ErrorCode.PROTOCOL_ERROR, "invalid destination", events)
         self.highest_stream_id = stream_id
         self.streams[stream_id] = StreamInfo(StreamState.OPEN, self.peer_initial_window,
-                                             self.INITIAL_WINDOW)
+                                             self.INITIAL_WINDOW, self.INITIAL_WINDOW)
         events.append(ev.StreamOpened(stream_id, StreamKind(kind), destination))
         return None
 
@@ -413,7 +459,7 @@ class Connection:
     def _on_reset(self, stream_id: int, code: int, events: list[ev.Event]) -> None:
         if self._known(stream_id, events) is None:
             return
-        del self.streams[stream_id]
+        self._forget(stream_id)
         events.append(ev.StreamReset(stream_id, error_code(code)))
 
     # -- helpers --------------------------------------------------------------------------
@@ -429,7 +475,12 @@ class Connection:
     def _move(self, stream_id: int, stream: StreamInfo, move: _Move) -> None:
         stream.state = TRANSITIONS[(stream.state, move)]
         if stream.state is StreamState.CLOSED:
-            del self.streams[stream_id]
+            self._forget(stream_id)
+
+    def _forget(self, stream_id: int) -> None:
+        """Drop a finished stream and give its window growth back to the budget."""
+        stream = self.streams.pop(stream_id)
+        self.window_granted -= stream.window - self.INITIAL_WINDOW
 
     def _stream(self, stream_id: int) -> StreamInfo:
         self._require_open()
@@ -447,6 +498,7 @@ class Connection:
         self._outbound.append(frame(FrameType.GOAWAY, 0, 0, U32.pack(code) + reason))
         self.state = ConnectionState.CLOSED
         self.streams.clear()
+        self.window_granted = 0
 
     def _fail(self, code: ErrorCode, message: str, events: list[ev.Event]) -> None:
         self._goaway(code, message)

@@ -29,8 +29,8 @@ from zoneinfo import ZoneInfo
 
 from cryptography import x509
 
-from sekisho.config.model import Config, Route
-from sekisho.console.launcher import Assessment, DeviceCure, grouped, launcher
+from sekisho.config.model import Config
+from sekisho.console.launcher import Assessment, DeviceCure, Plan, grouped, launch, plan
 from sekisho.devices.ca import ca_directory
 from sekisho.devices.trust import NOT_ENROLLED
 from sekisho.errors import SekishoError
@@ -40,7 +40,7 @@ from sekisho.identity.flow import STEPUP_PATH
 from sekisho.identity.i18n import choose_language
 from sekisho.identity.pages import MSG_METHOD, N_, TITLE_ERROR, package_catalog
 from sekisho.identity.principal import SessionInfo
-from sekisho.policy import Facts, explain_reason
+from sekisho.policy import explain_reason
 from sekisho.runtime import Runtime
 from sekisho.web import PORTAL_PATH, Handler, Request, Response, redirect
 
@@ -105,6 +105,7 @@ class Portal:
         self.ctx, self.runtime = context, current_runtime
         self.pages = context.pages.with_catalog(CATALOG)
         self._issuer = _CaIssuer()
+        self._planned: tuple[Runtime, Plan] | None = None
 
     # -- deciding -----------------------------------------------------------------------------
 
@@ -122,18 +123,30 @@ class Portal:
             standing = await trust.standing(certificate.device, config.session.cache_ttl,
                                             config.devices)
 
-        def facts_for(route: Route) -> Facts:
-            return request_facts(session, route, client_ip=client_ip, method="GET",
-                                 path=route.path_prefix, host=route.host, now=now,
-                                 holidays=config.holidays, certificate=certificate,
-                                 standing=standing)
-
+        routes = config.routes
+        if not routes:
+            return []
+        # The facts for the first route; `launch` aims them at each route that needs it.
+        facts = request_facts(session, routes[0], client_ip=client_ip, method="GET",
+                              path=routes[0].path_prefix, host=routes[0].host, now=now,
+                              holidays=config.holidays, certificate=certificate,
+                              standing=standing)
         device = None
         if config.tls.enabled and config.tls.client_certificates == "optional":
             profiles = config.devices.profiles
             issuer = await asyncio.to_thread(self._issuer.get, config)
             device = DeviceCure(profiles[0].name if profiles else "quarantine", issuer)
-        return launcher(config.routes, facts_for, runtime.policy_for, device)
+        return launch(self._plan(runtime), facts, device)
+
+    def _plan(self, runtime: Runtime) -> Plan:
+        """The launcher's plan of this snapshot, worked out on its first page (a reload
+        brings a new snapshot, hence a new plan; the old one is dropped with it)."""
+        cached = self._planned
+        if cached is not None and cached[0] is runtime:
+            return cached[1]
+        made = plan(runtime.config.routes, runtime.policy_for)
+        self._planned = (runtime, made)
+        return made
 
     # -- presenting ---------------------------------------------------------------------------
 

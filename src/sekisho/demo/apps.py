@@ -36,6 +36,11 @@ APPS = (
     DemoApp("juki", "住民記録システム (マイナンバー利用事務系・デモ)",
             "2 段階目の認証 (TOTP またはパスキー) から 15 分以内の職員だけが開けます。"),
 )
+# The closed network's app: no route targets its address; only the demo connector (a
+# separate process, demo.connector) reaches it, as an LGWAN server is reached in a city.
+INTERNAL_APP = DemoApp("kintai", "庶務事務・勤怠管理 (LGWAN接続系・コネクタ経由のデモ)",
+                       "閉域網の中のシステムです。関所のコネクタが外向きに張ったトンネルだけを"
+                       "通って届きます (受信用のポートは開いていません)。")
 
 
 class _JwksCache:
@@ -103,13 +108,23 @@ def _handler(app: DemoApp, jwks: _JwksCache, issuer: str) -> type[BaseHTTPReques
     return Handler
 
 
-def start_demo_apps(jwks_url: str, issuer: str) -> dict[str, int]:
-    """Start every demo app on an ephemeral loopback port; return {key: port}."""
-    ports: dict[str, int] = {}
+def start_demo_apps(jwks_url: str, issuer: str,
+                    preferred: dict[str, int] | None = None) -> dict[str, int]:
+    """Start every demo app on loopback — on its `preferred` port when that is free (a kept
+    demo configuration names them), else an ephemeral one; return {key: port}."""
     jwks = _JwksCache(jwks_url)
-    for app in APPS:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(app, jwks, issuer))
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, name=f"demo-{app.key}", daemon=True).start()
-        ports[app.key] = int(server.server_address[1])
-    return ports
+    return {app.key: start_app(app, jwks, issuer, (preferred or {}).get(app.key, 0))
+            for app in APPS}
+
+
+def start_app(app: DemoApp, jwks: _JwksCache | str, issuer: str, port: int = 0) -> int:
+    """Serve one demo app on 127.0.0.1:`port` (another free port when it is taken, and the
+    caller rewrites the file); return the port."""
+    handler = _handler(app, jwks if isinstance(jwks, _JwksCache) else _JwksCache(jwks), issuer)
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name=f"demo-{app.key}", daemon=True).start()
+    return int(server.server_address[1])

@@ -1,6 +1,9 @@
 """`sekisho serve --demo`: demo apps, demo configuration, migrated SQLite, demo users.
 
 Everything lands in one data directory (./var/demo by default) so `rm -rf var` resets it.
+The demo runs from its configuration FILE there, like any installation (SIGHUP and the admin
+console's editor reload it): the first start writes it, later starts keep it as edited and
+only move a demo app whose port is no longer free; `--demo-reset` writes it afresh.
 The demo passwords are fixed and printed: the demo listens on loopback only. A demo CA for
 device certificates is created in `<data_dir>/ca` once; the banner says how to enrol this
 machine as a device through the CLI, and how `sekisho policy explain` shows each segment's
@@ -10,6 +13,7 @@ guardrail.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +79,8 @@ def seed(engine: object) -> list[str]:
     return created
 
 
-def banner(config: Config) -> str:
+def banner(config: Config, *, kept: bool = False, extra: Sequence[str] = ()) -> str:
+    """What the demo prints once it listens; `extra`: the demo connector's lines."""
     port = config.server.listen[0].port
     lines = [
         "",
@@ -94,6 +99,18 @@ def banner(config: Config) -> str:
         lines.append(f"    {user.username:8} / {user.password:20} ({user.display_name}, "
                      f"groups: {', '.join(user.groups)})")
     lines += _segment_lines(config, port)
+    lines += extra
+    lines += [
+        "",
+        f"  設定ファイル / configuration file: {config.source}",
+        "    " + ("以前の起動で作成・編集されたものをそのまま使っています / kept as edited "
+                  "since an earlier start" if kept else
+                  "新しく作成しました。編集は次回以降の起動でも保たれます / written now; "
+                  "edits are kept across restarts"),
+        f"    管理コンソールで編集 / edit in the admin console: https://{config.portal.host}:"
+        f"{port}/.sekisho/admin/config  (sato, パスキー / passkey)",
+        "    初期状態に戻す / restore it: sekisho serve --demo --demo-reset",
+    ]
     admin = config.server.admin_listen
     lines += [
         "",
@@ -141,31 +158,85 @@ def _segment_lines(config: Config, port: int) -> list[str]:
     ]
 
 
-def prepare_demo(data_dir: Path, workers: int | None, *, port: int = LISTEN_PORT,
-                 admin_port: int = ADMIN_PORT) -> Launch:
-    from sekisho.config.demo import DEMO_FILE, demo_config
+def _jwks_url(admin: object) -> str:
+    return f"http://{admin}/.well-known/sekisho/jwks.json"
+
+
+def _kept_config(file: Path, port: int) -> Config:
+    """Start the demo apps for a kept (perhaps edited) file: on the ports it names when they
+    are free; an app that had to move gets its new port written into the file."""
+    import re
+
+    from sekisho.config.loader import load_config
     from sekisho.demo.apps import APPS, start_demo_apps
+
+    config = load_config(file)  # an edit broken by hand: a clear ConfigError, exit 2
+    keys = {app.key for app in APPS}
+    named = {route.id: int(found.group(1)) for route in config.routes if route.id in keys
+             and (found := re.fullmatch(r"http://127\.0\.0\.1:(\d+)/?", route.to))}
+    ports = start_demo_apps(_jwks_url(config.server.admin_listen), config.assertion.issuer,
+                            named)
+    moved = {key: (old, ports[key]) for key, old in named.items() if ports[key] != old}
+    if moved:
+        text = file.read_text(encoding="utf-8")
+        for old, new in moved.values():
+            text = re.sub(rf"//127\.0\.0\.1:{old}(?!\d)", f"//127.0.0.1:{new}", text)
+        file.write_text(text, encoding="utf-8")
+        log.warning("demo apps moved to free ports; the demo file was updated",
+                    extra={"fields": {"moved": {k: v[1] for k, v in moved.items()}}})
+        config = load_config(file)
+    if config.server.listen and config.server.listen[0].port != port:
+        log.warning("the kept demo file sets its own port; --demo-reset applies --port",
+                    extra={"fields": {"file_port": config.server.listen[0].port,
+                                      "port": port}})
+    return config
+
+
+def prepare_demo(data_dir: Path, workers: int | None, *, port: int = LISTEN_PORT,
+                 admin_port: int = ADMIN_PORT, reset: bool = False,
+                 connector: bool = True) -> Launch:
+    """Everything the demo needs before the gateway starts; `connector`: also start the
+    demo connector's agent (a child process that dials the gateway once it listens)."""
+    from sekisho.config.demo import DEMO_FILE, demo_config
+    from sekisho.demo import connector as closed
+    from sekisho.demo.apps import APPS, start_demo_apps
+    from sekisho.demo.desktop import kept_desktop, start_demo_desktop
     from sekisho.devices.ca import CaPaths, init_ca
     from sekisho.gateway.keys import KeyRing
     from sekisho.storage.database import create_database_engine, upgrade
     from sekisho.storage.keys import SigningKeyRepository
 
+    data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     if not CaPaths.of(data_dir / "ca").intermediate_cert.exists():
         # The demo's device CA (tls.client_certificates: optional reads it from here).
         init_ca(data_dir / "ca", organisation="Sekisho Demo")
-    issuer = f"https://portal.localhost:{port}"
-    ports = start_demo_apps(f"http://127.0.0.1:{admin_port}/.well-known/sekisho/jwks.json",
-                            issuer)
-    config = demo_config(data_dir, {app.key: ports[app.key] for app in APPS},
-                         listen_port=port, admin_port=admin_port)
+    file = data_dir / DEMO_FILE
+    kept = file.exists() and not reset
+    if kept:
+        config = _kept_config(file, port)
+        config = kept_desktop(file, closed.kept_connector(
+            file, config, _jwks_url(config.server.admin_listen)))
+    else:
+        jwks, issuer = _jwks_url(f"127.0.0.1:{admin_port}"), f"https://portal.localhost:{port}"
+        ports = start_demo_apps(jwks, issuer)
+        # 画面転送: a VNC desktop and its route, when Xvnc (or Xvfb + x11vnc) is installed;
+        # the closed network's app and the desktop are reached through the demo connector.
+        config = demo_config(data_dir, {app.key: ports[app.key] for app in APPS},
+                             listen_port=port, admin_port=admin_port,
+                             desktop_port=start_demo_desktop(),
+                             connector_port=closed.free_port(
+                                 port + 1 if port < 65535 else closed.CONNECTOR_PORT),
+                             internal_port=closed.start_internal_app(jwks, issuer))
     engine = create_database_engine(config.storage_url.reveal())
     try:
         upgrade(engine)
         created = seed(engine)
         KeyRing(SigningKeyRepository(engine)).ensure()
+        running = closed.start_demo_connector(config, engine) if connector else None
     finally:
         engine.dispose()
     if created:
         log.info("demo users created", extra={"fields": {"users": created}})
-    return Launch(config, str(data_dir / DEMO_FILE), workers or 1, banner)
+    return Launch(config, str(file), workers or 1,
+                  lambda shown: banner(shown, kept=kept, extra=closed.banner_lines(running)))

@@ -129,12 +129,16 @@ def rename(engine: Engine, device_id: str, name: str, *, admin: str
 def change_status(engine: Engine, device_id: str, status: str, *, admin: str, reason: str = "",
                   now: datetime | None = None
                   ) -> tuple[DeviceRecord, DeviceStatusChanged | None]:
-    """Suspend or revoke; the event is None when the device already was in that state."""
-    changed = store.set_status(engine, device_id, status, now=_now(now), reason=reason)
+    """Suspend, revoke or resume (`active`: only from suspended); the event is None when
+    nothing changed (already in that state, or a revoked device asked to resume)."""
+    if status == "active":
+        changed = store.resume(engine, device_id, now=_now(now))
+    else:
+        changed = store.set_status(engine, device_id, status, now=_now(now), reason=reason)
     device = store.require_device(engine, device_id)
     if not changed:
         return device, None
-    action = "suspend" if status == "suspended" else "revoke"
+    action = {"suspended": "suspend", "revoked": "revoke", "active": "resume"}[status]
     return device, DeviceStatusChanged(admin=admin, device=device.device_id,
                                        user=device.username, action=action, details=reason)
 

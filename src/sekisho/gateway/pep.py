@@ -12,6 +12,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import quote
 
@@ -21,6 +22,7 @@ from sekisho.errors import StorageError
 from sekisho.gateway.mtls import ClientCertificate
 from sekisho.identity.principal import SessionInfo
 from sekisho.policy import Decision, Facts, Policy, evaluate
+from sekisho.policy.facts import NO_PROOFS
 from sekisho.services import SessionLookup
 
 log = logging.getLogger("sekisho.gateway")
@@ -150,6 +152,7 @@ def request_facts(
         now=datetime.fromtimestamp(now, UTC),
         auth_methods=session.auth_methods if session else frozenset(),
         auth_time=session.last_proof if session else None,
+        proofs=session.proofs if session else NO_PROOFS,
         idp=session.idp if session else "",
         holidays=holidays,
         **_device_facts(certificate, standing),
@@ -176,8 +179,10 @@ def _device_facts(certificate: ClientCertificate | None,
 
 
 def with_fresh_proof(facts: Facts, methods: frozenset[str]) -> Facts:
-    """The same request after the user proved `methods` just now."""
-    return replace(facts, auth_methods=facts.auth_methods | methods, auth_time=facts.now)
+    """The same request after the user proved `methods` just now: those methods, and only
+    those, get a fresh proof time (a TOTP step-up leaves an old passkey old)."""
+    return replace(facts, auth_methods=facts.auth_methods | methods, auth_time=facts.now,
+                   proofs=MappingProxyType({**facts.proofs, **dict.fromkeys(methods, facts.now)}))
 
 
 def step_up_cures(verdict: Verdict, policy: Policy | None) -> frozenset[str]:

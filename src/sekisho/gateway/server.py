@@ -47,13 +47,18 @@ from sekisho.gateway.pep import (
     step_up_location,
 )
 from sekisho.gateway.proxy import forward, request_head, status_line
+from sekisho.gateway.screen import SCREEN_TARGETS, ScreenTransfer
+from sekisho.gateway.tcp import TcpAccess
 from sekisho.gateway.upstream import Origin, UpstreamError, UpstreamPool, parse_origin
 from sekisho.gateway.watch import LiveConnections
+from sekisho.identity.cli_login import CliCredentials
 from sekisho.observability import metrics
 from sekisho.policy import Policy
 from sekisho.runtime import Runtime
 from sekisho.services import AuditSink, SessionLookup
 from sekisho.web import PORTAL_PATH, RESERVED_PREFIX, Handler, Request, Response, redirect
+
+ADMIN_PREFIXES = (RESERVED_PREFIX + "api/", RESERVED_PREFIX + "admin/")
 
 log = logging.getLogger("sekisho.gateway")
 
@@ -84,14 +89,21 @@ class Gateway:
         upstream_ssl: ssl_module.SSLContext | None = None,
         devices: DeviceTrust | None = None,
         watch: LiveConnections | None = None,
+        cli_credentials: CliCredentials | None = None,
     ) -> None:
         self.current = current
         self.sessions = sessions
         self.audit = audit
         self.keyring = keyring
+        self.screen = ScreenTransfer(self)  # `mode: screen` routes (gateway.screen)
+        handlers = {**handlers, **self.screen.handlers()}
         self.handlers = handlers
+        # Keys ending in "*" serve a whole subtree (the admin API and console route inside).
+        self.subtrees = tuple(sorted(((k[:-1], h) for k, h in handlers.items()
+                                      if k.endswith("*")), key=lambda kv: -len(kv[0])))
         self.devices = devices  # the registry behind client certificates (mTLS); None: off
         self.watch = watch  # open WebSockets, decided again while they last (gateway.watch)
+        self.tcp = TcpAccess(self, cli_credentials)  # `mode: tcp` routes (gateway.tcp)
         self.clock = clock
         self.pool = UpstreamPool(upstream_ssl)
         self.signer = AssertionSigner(keyring, clock)
@@ -297,6 +309,9 @@ class Gateway:
             return self.page(conn, exchange, 404)[0]
         if target.ambiguous and not route.allow_ambiguous_paths:
             return self.page(conn, exchange, 400)[0]  # path confusion: see gateway.paths
+        if route.mode == "tcp":  # `sekisho tcp`: bearer credential, splice (gateway.tcp)
+            return await self.tcp.handle(conn, exchange, runtime, route=route, target=target,
+                                         host=host, client_ip=client_ip)
 
         self._constants(runtime)
         token = cookie_value(exchange.headers, self._cookie_name)
@@ -315,6 +330,11 @@ class Gateway:
                               policy=policy, client_ip=client_ip, scheme=scheme,
                               host_header=host_header, started=started)
 
+        if route.mode == "screen" and route.to.startswith(SCREEN_TARGETS):  # 画面転送 (VNC)
+            return await self.screen.handle(
+                conn, exchange, runtime, route=route, target=target, verdict=verdict,
+                token=token, client_ip=client_ip, scheme=scheme, host=host,
+                host_header=host_header, started=started)
         session = verdict.session
         status, bytes_out, keep = 502, 0, False
         try:
@@ -409,11 +429,17 @@ class Gateway:
     async def _reserved(self, conn: ClientConnection, exchange: Exchange, runtime: Runtime, *,
                         target: Target, host: str, client_ip: str, scheme: str) -> bool:
         handler = self.handlers.get(target.path)
+        if handler is None:
+            handler = next((h for prefix, h in self.subtrees
+                            if target.path.startswith(prefix)), None)
         if handler is None or target.ambiguous:
             return self.page(conn, exchange, 404 if handler is None else 400)[0]
         config = runtime.config
-        body = await self._read_body(conn, exchange, config.limits.max_form_bytes,
-                                     config.timeouts.header)
+        # Sign-in forms stay small (a big body there is only ever an attack); the admin API
+        # and console carry whole configuration files, so they get their own, larger cap.
+        limit = (config.limits.max_admin_body_bytes if target.path.startswith(ADMIN_PREFIXES)
+                 else config.limits.max_form_bytes)
+        body = await self._read_body(conn, exchange, limit, config.timeouts.header)
         if body is None:
             return self.page(conn, exchange, 413)[0]
         token = cookie_value(exchange.headers, config.session.cookie_name.encode("latin-1"))

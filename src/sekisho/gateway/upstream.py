@@ -10,6 +10,7 @@ to the pool only after a complete, keep-alive response to a complete request.
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 import httptools
 
 IDLE_PER_ORIGIN = 256
+CONNECTOR_SCHEME = "connector:"
 
 
 class ClientSide(Protocol):
@@ -41,10 +43,11 @@ class UpstreamError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Origin:
-    scheme: str
+    scheme: str  # "http", "https", or "connector" (through a connector's tunnel)
     host: str
     port: int
     base_path: str  # the `to` URL's path without trailing slash ("" for none)
+    site: str = ""  # the connector site when scheme is "connector"
 
     @property
     def host_header(self) -> bytes:
@@ -54,6 +57,10 @@ class Origin:
 
 
 def parse_origin(url: str) -> Origin:
+    if url.startswith(CONNECTOR_SCHEME):  # connector:<site>/<host>:<port> (config.connector)
+        site, _, destination = url[len(CONNECTOR_SCHEME):].partition("/")
+        name, _, port_text = destination.rpartition(":")
+        return Origin("connector", name.strip("[]"), int(port_text), "", site)
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     port = parts.port or (443 if scheme == "https" else 80)
@@ -291,11 +298,17 @@ def _retrieve(future: asyncio.Future[None]) -> None:
 
 
 class UpstreamPool:
-    """Idle keep-alive connections per origin; new ones are made on demand."""
+    """Idle keep-alive connections per origin; new ones are made on demand.
 
-    def __init__(self, client_ssl: ssl.SSLContext | None = None) -> None:
+    A `connector` origin is reached through the connector broker's Unix socket
+    (`connector.relay`): the connection, once the broker has opened the tunnel stream, is
+    pooled and framed exactly like a TCP connection to an upstream."""
+
+    def __init__(self, client_ssl: ssl.SSLContext | None = None,
+                 connector_socket: str | None = None) -> None:
         self._idle: dict[Origin, deque[UpstreamConnection]] = {}
         self._ssl = client_ssl
+        self.connector_socket = connector_socket
         self.created = 0
 
     def _ssl_context(self) -> ssl.SSLContext:
@@ -312,6 +325,10 @@ class UpstreamPool:
                 connection.reused = True
                 return connection
         loop = asyncio.get_running_loop()
+        if origin.scheme == "connector":
+            protocol = await self._via_connector(origin, connect_timeout)
+            self.created += 1
+            return protocol
         ssl_context = self._ssl_context() if origin.scheme == "https" else None
         try:
             _, protocol = await asyncio.wait_for(
@@ -326,6 +343,28 @@ class UpstreamPool:
         except (OSError, ssl.SSLError) as exc:
             raise UpstreamError(f"connect failed: {type(exc).__name__}") from None
         self.created += 1
+        return protocol
+
+    async def _via_connector(self, origin: Origin, connect_timeout: float
+                             ) -> UpstreamConnection:
+        from sekisho.connector.relay import SOCKET_ENV, RelayRefused, dial
+
+        path = self.connector_socket or os.environ.get(SOCKET_ENV)
+        if not path:
+            raise UpstreamError("connector broker not running (connector.listen unset)")
+        host = f"[{origin.host}]" if ":" in origin.host else origin.host
+        loop = asyncio.get_running_loop()
+        try:
+            sock = await asyncio.wait_for(
+                dial(path, "http", origin.site, f"{host}:{origin.port}"), connect_timeout)
+            _, protocol = await loop.create_unix_connection(
+                lambda: UpstreamConnection(origin), sock=sock)
+        except TimeoutError:
+            raise UpstreamError("connector connect timeout", timeout=True) from None
+        except RelayRefused as exc:
+            raise UpstreamError(f"connector: {exc.code}") from None
+        except OSError as exc:
+            raise UpstreamError(f"connector broker unreachable: {type(exc).__name__}") from None
         return protocol
 
     def release(self, connection: UpstreamConnection) -> None:

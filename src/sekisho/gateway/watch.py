@@ -16,7 +16,10 @@ A connection opened with a session must keep *that* session: the upstream was to
 user is when it accepted the upgrade, so a public route does not keep a connection alive for
 a user whose session ended. Only bytes from the client since the last check count as
 activity for the idle timeout (an unattended tab must not keep its session alive).
-Registration happens on a 101 only: plain HTTP requests pay nothing for this.
+Registration happens on a 101 only: plain HTTP requests pay nothing for this. A `sekisho tcp`
+connection (gateway.tcp) is the same thing to the watch: a splice opened by one decided
+request; it is registered with `kind="tcp"` (its route must still be `mode: tcp`) and audits
+its own end (`tcp.closed`) through `on_cut`.
 """
 
 from __future__ import annotations
@@ -78,6 +81,10 @@ class LiveConnection:
     again: str = ""  # a trigger that arrived while a check ran: check once more after
     closed: bool = False
     keys: tuple[tuple[str, object], ...] = field(default=())
+    kind: str = "websocket"  # or "tcp" (gateway.tcp): what the route must still carry
+    # Told (trigger, reasons) instead of the `websocket.closed` record: a TCP splice audits
+    # its own end (`tcp.closed`, with bytes and duration).
+    on_cut: Callable[[str, tuple[str, ...]], None] | None = None
 
     @property
     def device_id(self) -> str | None:
@@ -125,13 +132,16 @@ class LiveConnections:
 
     def hook(self, *, token: str | None, session: SessionInfo | None, route: Route, host: str,
              path: str, method: str, client_ip: IPAddress,
-             certificate: ClientCertificate | None, ambiguous: bool
+             certificate: ClientCertificate | None, ambiguous: bool, kind: str = "websocket",
+             on_cut: Callable[[str, tuple[str, ...]], None] | None = None,
              ) -> Callable[[Splice], Callable[[], None]]:
-        """The `on_splice` hook for one upgrade request."""
+        """The `on_splice` hook for one upgrade request (a WebSocket, or a `sekisho tcp`
+        connection: to the watch both are a splice opened by one decided request)."""
 
         def register(splice: Splice) -> Callable[[], None]:
             live = LiveConnection(splice, token, session, route, host, path, method, client_ip,
-                                  certificate, ambiguous, self._monotonic())
+                                  certificate, ambiguous, self._monotonic(), kind=kind,
+                                  on_cut=on_cut)
             self._add(live)
             return lambda: self._remove(live)
 
@@ -266,8 +276,11 @@ class LiveConnections:
         runtime = self._current()
         config = runtime.config
         route = runtime.routes.match(live.host, live.path)
+        carries = route is not None and (
+            route.mode == "tcp" if live.kind == "tcp"
+            else route.websocket or route.mode == "screen")  # screen: gateway.screen
         if (route is None or route.id != live.route.id or route.to != live.route.to
-                or not route.websocket or (live.ambiguous and not route.allow_ambiguous_paths)):
+                or not carries or (live.ambiguous and not route.allow_ambiguous_paths)):
             return Verdict(ROUTE_GONE, None)
         splice = live.splice
         activity = splice.bytes_in != live.checked_bytes_in
@@ -296,9 +309,13 @@ class LiveConnections:
         self.closed_total += 1
         session = live.session
         duration = round(self._monotonic() - live.opened_at, 3)
-        log.info("WebSocket closed by re-evaluation", extra={"fields": {
-            "route": live.route.id, "user": session.username if session else "",
-            "trigger": trigger, "reasons": list(reasons)}})
+        log.info("%s closed by re-evaluation", "TCP connection" if live.kind == "tcp"
+                 else "WebSocket", extra={"fields": {
+                     "route": live.route.id, "user": session.username if session else "",
+                     "trigger": trigger, "reasons": list(reasons)}})
+        if live.on_cut is not None:
+            live.on_cut(trigger, reasons)
+            return
         try:
             self._audit.record(WebSocketClosed(
                 route=live.route.id, user=session.username if session else "",

@@ -51,12 +51,16 @@ HandlerBuilder = Callable[[IdentityContext], Mapping[str, Handler]]
 def _builtin() -> tuple[HandlerBuilder, ...]:
     # Imported here: the methods import this module for IdentityContext.
     from sekisho.console import portal
+    from sekisho.console.admin import api as admin_api
+    from sekisho.console.admin import pages as admin_pages
     from sekisho.devices import edr
     from sekisho.devices import handlers as devices
-    from sekisho.identity import oidc, passkey_pages
+    from sekisho.identity import cli_login, oidc, passkey_pages
 
     return (oidc.build_handlers, passkey_pages.build_handlers, devices.build_handlers,
-            edr.build_handlers, portal.build_handlers)
+            cli_login.build_handlers,
+            edr.build_handlers, portal.build_handlers, admin_pages.build_handlers,
+            admin_api.build_handlers)
 
 
 BUILDERS: tuple[HandlerBuilder, ...] = _builtin()

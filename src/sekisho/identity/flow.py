@@ -24,7 +24,7 @@ import hashlib
 import ipaddress
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlencode
@@ -34,7 +34,7 @@ from sqlalchemy import Engine
 from sekisho.audit.events import AuditEvent, SessionSteppedUp, SignInSucceeded
 from sekisho.config.model import Config, MfaSettings
 from sekisho.identity.pages import PREFIX, PageKit
-from sekisho.identity.principal import SessionInfo
+from sekisho.identity.principal import SessionInfo, proofs_at
 from sekisho.identity.redirects import safe_redirect
 from sekisho.identity.sessions import SessionManager
 from sekisho.observability import metrics
@@ -193,7 +193,8 @@ class SignInFlows:
         if satisfied or not required:
             return await self._issue(
                 request, proof.user, methods, auth_time=now,
-                mfa_time=now if satisfied else None, idp=proof.idp, rd=rd)
+                mfa_time=now if satisfied else None, idp=proof.idp, rd=rd,
+                proofs=proofs_at(methods, now))
         token = await self._start(request, proof.user, mode="signin", method=proof.method,
                                   methods=methods, rd=rd, auth_time=now, idp=proof.idp)
         target = MFA_PATH if enrolled else TOTP_ENROL_PATH
@@ -274,10 +275,12 @@ class SignInFlows:
             response = await self.step_up(request, session, method, flow.rd)
         else:
             issued: list[SessionInfo] = []
+            now = self.clock()
             response = await self._issue(
                 request, flow.user, with_implied((*flow.methods_so_far, method)),
-                auth_time=flow.auth_time, mfa_time=self.clock(), idp=flow.idp, rd=flow.rd,
-                issued=issued)
+                auth_time=flow.auth_time, mfa_time=now, idp=flow.idp, rd=flow.rd,
+                issued=issued, proofs=proofs_at(with_implied((method,)), now,
+                                                proofs_at(flow.methods_so_far, flow.auth_time)))
             try:
                 for callback in self.on_session_issued:
                     await callback(flow.id, issued[0].session_id)
@@ -291,7 +294,10 @@ class SignInFlows:
 
     async def step_up(self, request: Request, session: SessionInfo, method: str,
                       rd: str) -> Response:
-        """A live session proved `method` again: replace it by a new id, same expiry."""
+        """A live session proved `method` again: replace it by a new id, same expiry.
+
+        Only `method` (and what it implies) gets the new proof time; the others keep theirs,
+        so a TOTP now does not make a passkey of hours ago look fresh."""
         now = self.clock()
         methods = with_implied((*sorted(session.auth_methods), method))
         primary = method in PRIMARY_METHODS and method != "webauthn"
@@ -301,15 +307,16 @@ class SignInFlows:
         return await self._issue(
             request, user, methods, auth_time=now if primary else session.auth_time,
             mfa_time=session.mfa_time if primary else now, idp=session.idp, rd=rd,
-            expires_at=session.expires_at, step_up_of=session, step_up_method=method)
+            expires_at=session.expires_at, step_up_of=session, step_up_method=method,
+            proofs=proofs_at(with_implied((method,)), now, session.proofs))
 
     # -- issuing ----------------------------------------------------------------------------
 
     async def _issue(self, request: Request, user: UserRecord, methods: tuple[str, ...], *,
                      auth_time: datetime, mfa_time: datetime | None, idp: str, rd: str,
                      expires_at: datetime | None = None, step_up_of: SessionInfo | None = None,
-                     step_up_method: str = "", issued: list[SessionInfo] | None = None
-                     ) -> Response:
+                     step_up_method: str = "", issued: list[SessionInfo] | None = None,
+                     proofs: Mapping[str, datetime] | None = None) -> Response:
         config = self.config()
         agent = (request.header("user-agent") or "")[:200]
         # Session fixation: whatever session the browser brought is ended, never reused.
@@ -322,7 +329,7 @@ class SignInFlows:
         token, info = await asyncio.to_thread(
             lambda: self.sessions.create(user, methods, request.client_ip, agent,
                                          auth_time=auth_time, mfa_time=mfa_time, idp=idp,
-                                         expires_at=expires_at))
+                                         expires_at=expires_at, proofs=proofs))
         event: AuditEvent
         if step_up_of is not None:
             event = SessionSteppedUp(user=user.username, method=step_up_method,

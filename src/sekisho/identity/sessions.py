@@ -26,16 +26,17 @@ import hashlib
 import re
 import secrets
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 
 from sqlalchemy import Engine
 
 from sekisho.audit.events import SessionRevoked
 from sekisho.config.model import SessionSettings
 from sekisho.errors import SekishoError
-from sekisho.identity.principal import SessionInfo
+from sekisho.identity.principal import SessionInfo, proofs_from
 from sekisho.storage import sessions as store
 from sekisho.storage.users import UserRecord, groups_of_user, require_user
 
@@ -105,12 +106,14 @@ class SessionManager:
     def create(
         self, user: UserRecord, methods: Iterable[str], source_ip: str, user_agent: str, *,
         auth_time: datetime | None = None, mfa_time: datetime | None = None, idp: str = "",
-        expires_at: datetime | None = None,
+        expires_at: datetime | None = None, proofs: Mapping[str, datetime] | None = None,
     ) -> tuple[str, SessionInfo]:
         """A new session: returns the cookie token (shown once) and the session value.
 
         `auth_time` defaults to now (a fresh primary proof); a step-up passes the old
         session's `auth_time` and `expires_at`, so rotation never extends a session's life.
+        `proofs` (when each method was proven) defaults to the methods at those two times;
+        the sign-in flows pass the exact times.
         """
         token = secrets.token_urlsafe(32)
         session_id = session_id_for(token)
@@ -120,16 +123,18 @@ class SessionManager:
         if expires_at is not None:
             expires = min(expires, expires_at)
         method_set = frozenset(methods)
+        proven = proofs_from(method_set, auth_time, mfa_time) if proofs is None \
+            else MappingProxyType(dict(proofs))
         store.create_session(
             self._engine, session_id=session_id, user_id=user.id, now=now, expires_at=expires,
             auth_time=auth_time, methods=method_set, source_ip=source_ip,
-            user_agent=user_agent, mfa_time=mfa_time, idp=idp)
+            user_agent=user_agent, mfa_time=mfa_time, idp=idp, proofs=proven)
         info = SessionInfo(
             session_id=session_id, user_id=user.id, username=user.username,
             display_name=user.display_name, email=user.email,
             groups=frozenset(groups_of_user(self._engine, user.id)), auth_methods=method_set,
             auth_time=auth_time, created_at=now, expires_at=expires, source_ip=source_ip,
-            mfa_time=mfa_time, idp=idp)
+            mfa_time=mfa_time, idp=idp, proofs=proven)
         return token, info
 
     # -- lookup ---------------------------------------------------------------------------
@@ -226,7 +231,8 @@ class SessionManager:
             display_name=record.display_name, email=record.email, groups=record.groups,
             auth_methods=record.auth_methods, auth_time=record.auth_time,
             created_at=record.created_at, expires_at=record.expires_at,
-            source_ip=record.source_ip, mfa_time=record.mfa_time, idp=record.idp)
+            source_ip=record.source_ip, mfa_time=record.mfa_time, idp=record.idp,
+            proofs=record.proofs)
         if self._expired(info, record.last_seen_at, now):
             self._evict(session_id)
             return None

@@ -159,9 +159,15 @@ def _block(value: Any, path: Path, negated: bool, depth: int) -> _nodes.Node:
             "条件またはブロックの空でないリストを指定してください",
         )
     inner_negated = not negated if operator == "not" else negated
-    children = [
-        _item(item, (*item_path, index), inner_negated, depth) for index, item in enumerate(items)
-    ]
+    children: list[_nodes.Node] = []
+    for index, item in enumerate(items):
+        nodes = _item(item, (*item_path, index), inner_negated, depth)
+        # A criterion of several checks is their `and`: spliced into an enclosing `and`
+        # (same value, same reasons) so the block keeps its all-leaves fast path.
+        if operator == "and":
+            children += nodes
+        else:
+            children.append(_nodes.all_of(nodes))
     if operator == "and":
         return _nodes.all_of(children)
     if operator == "or":
@@ -169,7 +175,7 @@ def _block(value: Any, path: Path, negated: bool, depth: int) -> _nodes.Node:
     return _nodes.none_of(children)
 
 
-def _item(value: Any, path: Path, negated: bool, depth: int) -> _nodes.Node:
+def _item(value: Any, path: Path, negated: bool, depth: int) -> list[_nodes.Node]:
     if not isinstance(value, Mapping) or len(value) != 1:
         got = f"{len(value)} keys" if isinstance(value, Mapping) else type_name(value)
         raise PolicyError(
@@ -181,7 +187,7 @@ def _item(value: Any, path: Path, negated: bool, depth: int) -> _nodes.Node:
         )
     ((key, argument),) = value.items()
     if key in OPERATORS:
-        return _block(value, path, negated, depth + 1)
+        return [_block(value, path, negated, depth + 1)]
     criterion = CRITERIA.get(key) if isinstance(key, str) else None
     if criterion is None:
         names = ", ".join(CRITERIA)
@@ -190,5 +196,5 @@ def _item(value: Any, path: Path, negated: bool, depth: int) -> _nodes.Node:
             f"unknown criterion {key!r} (expected one of: {names}; or a block: and, or, not)",
             f"不明な条件 {key!r} です（{names} のいずれか、または and・or・not のブロック）",
         )
-    predicate = criterion.compile(argument, (*path, key))
-    return _nodes.leaf(predicate, criterion.passed_reason, criterion.failed_reason, negated)
+    return [_nodes.leaf(check.predicate, check.passed_reason, check.failed_reason, negated)
+            for check in criterion.checks(argument, (*path, key))]

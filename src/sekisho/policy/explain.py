@@ -151,19 +151,22 @@ def _item(value: Mapping[str, Any], path: Path, facts: Facts, negated: bool,
     ((key, argument),) = value.items()
     if key in _OPERATORS:
         return _block(value, path, facts, negated, reached)
-    criterion = CRITERIA[key]
     where = (*path, key)
-    predicate = criterion.compile(argument, where)
-    passed, failed = criterion.passed_reason, criterion.failed_reason
-    try:
-        matched = predicate(facts)
-    except Exception:
-        if reached:
-            raise _Failed() from None
-        return Step(format_path(where), key, argument, False, (), False, error=True)
-    matched = bool(matched)
-    code = failed if matched == negated else passed  # a match allows unless negated
-    return Step(format_path(where), key, argument, matched, (code,), reached)
+    # Several checks are an `and`: the first that fails reports; if none does, all do.
+    codes: list[str] = []
+    for check in CRITERIA[key].checks(argument, where):
+        try:
+            matched = bool(check.predicate(facts))
+        except Exception:
+            if reached:
+                raise _Failed() from None
+            return Step(format_path(where), key, argument, False, (), False, error=True)
+        # A match allows unless negated.
+        code = check.failed_reason if matched == negated else check.passed_reason
+        if not matched:
+            return Step(format_path(where), key, argument, False, (code,), reached)
+        codes.append(code)
+    return Step(format_path(where), key, argument, True, tuple(dict.fromkeys(codes)), reached)
 
 
 _TEXT = {

@@ -8,8 +8,12 @@ frozen so a decision can never be altered after the PDP returned it.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import date, datetime
+from types import MappingProxyType
+
+NO_PROOFS: Mapping[str, datetime] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +33,11 @@ class Facts:
     now: datetime  # UTC aware
     auth_methods: frozenset[str] = frozenset()  # "pwd", "totp", "webauthn_uv" …
     auth_time: datetime | None = None  # the last proof: sign-in or second factor (UTC)
+    # When each method was last proven (method → UTC time), so "a passkey within 15 minutes"
+    # means the passkey, not whichever factor came last (`mfa: {methods, within}`). Never
+    # derived from `auth_methods` and `auth_time`: a method without a time here has no
+    # known proof time, and the timed form does not accept it (fail closed).
+    proofs: Mapping[str, datetime] = field(default_factory=lambda: NO_PROOFS, hash=False)
     idp: str = ""  # identity provider id; "" for Sekisho's own accounts
     # Public holidays as local calendar dates (the `time` criterion's timezone), supplied by
     # the gateway from the configured holiday list; empty means "no holiday is known".

@@ -36,7 +36,7 @@ PROFILES = ("alpha", "alpha-prime", "beta", "beta-prime")
 DEFAULT_PROFILE = "beta-prime"
 LABELS = {"alpha": "α", "alpha-prime": "α′", "beta": "β", "beta-prime": "β′"}
 SEGMENTS = ("internet", "lgwan", "mynumber")
-MODES = ("http", "screen")
+MODES = ("http", "screen", "tcp")
 SCREEN_OPTIONS = ("clipboard", "file_transfer", "printing", "drive")
 # Models whose office terminals sit in the internet segment: there, a clipboard or a drive
 # redirected from an LGWAN desktop crosses the segment boundary even inside the office.
@@ -173,23 +173,26 @@ def guardrail_for(profile: str, segment: str, mode: str, networks: Networks,
                 _SIGNED_IN,
                 {"source_ip": terminals},
                 {"device": {"enrolled": True, "profile": [MYNUMBER_DEVICE_PROFILE]}},
-                {"mfa": [MYNUMBER_FACTOR]},
-                {"auth_age": MYNUMBER_AUTH_AGE},
+                # The passkey itself within 15 minutes, not the latest proof of any kind:
+                # a TOTP phished a minute ago must not refresh a passkey used hours ago.
+                {"mfa": {"methods": [MYNUMBER_FACTOR], "within": MYNUMBER_AUTH_AGE}},
             ]}},
             f"指定端末 ({_cidrs(terminals)}) から、プロファイル {MYNUMBER_DEVICE_PROFILE} の"
-            f"登録済み端末で、パスキー ({MYNUMBER_FACTOR}) による本人確認から 15 分以内",
+            f"登録済み端末で、パスキー ({MYNUMBER_FACTOR}) 自体による本人確認から 15 分以内",
             f"from the designated terminals ({_cidrs(terminals)}), on an enrolled device of "
-            f"posture profile {MYNUMBER_DEVICE_PROFILE}, with a passkey ({MYNUMBER_FACTOR}) "
-            "proven within the last 15 minutes")
+            f"posture profile {MYNUMBER_DEVICE_PROFILE}, with the passkey ({MYNUMBER_FACTOR}) "
+            "itself proven within the last 15 minutes")
     if segment == "lgwan":
-        if mode == "http" or redirection:
+        # TCP (`sekisho tcp`: SSH, RDP, database clients) carries data out as freely as
+        # HTTP does: from outside, LGWAN is screen transfer only, so TCP is office-only too.
+        if mode in ("http", "tcp") or redirection:
             if redirection and profile in TERMINALS_IN_INTERNET:
                 return make(_CLOSED, f"閉鎖: {LABELS[profile]} ではクリップボード・ファイル転送"
                             "・印刷・ドライブを転送する画面転送は使えません",
                             f"closed: under {LABELS[profile]} a screen transfer that redirects "
                             "clipboard, files, printers or drives is not allowed")
-            what_ja = "HTTP" if mode == "http" else "転送ありの画面転送"
-            what_en = "HTTP" if mode == "http" else "screen transfer with redirection"
+            what_ja = {"http": "HTTP", "tcp": "TCP"}.get(mode, "転送ありの画面転送")
+            what_en = {"http": "HTTP", "tcp": "TCP"}.get(mode, "screen transfer with redirection")
             if not office:
                 return make(_CLOSED, f"閉鎖: {what_ja} は庁内からのみですが、庁内ネットワーク "
                             "(networks.office) が未設定です",
@@ -235,10 +238,11 @@ def describe(profile: str, networks: Networks) -> list[tuple[str, str, str]]:
         http = guardrail_for(profile, segment, "http", networks)
         screen = guardrail_for(profile, segment, "screen", networks)
         redirected = guardrail_for(profile, segment, "screen", networks, redirection=True)
+        tcp = guardrail_for(profile, segment, "tcp", networks)
         ja, en = http.summary_ja, http.summary_en
         if segment == "lgwan":
-            ja += f"。{screen.summary_ja}。{redirected.summary_ja}"
-            en += f"; {screen.summary_en}; {redirected.summary_en}"
+            ja += f"。{screen.summary_ja}。{redirected.summary_ja}。{tcp.summary_ja}"
+            en += f"; {screen.summary_en}; {redirected.summary_en}; {tcp.summary_en}"
         ja += f"（{SOURCES[segment].requirements('ja')}）"
         en += f" ({SOURCES[segment].requirements('en')})"
         lines.append((segment, ja, en))
@@ -272,8 +276,8 @@ RULES: Mapping[str, Rule] = {rule.id: rule for rule in (
          f"マイナンバー利用事務系にはパスキー ({MYNUMBER_FACTOR}) による本人確認が必要です",
          f"the My Number segment needs a passkey ({MYNUMBER_FACTOR})"),
     Rule("mynumber-fresh-proof", "mynumber",
-         f"マイナンバー利用事務系には {MYNUMBER_AUTH_AGE} 以内の本人確認が必要です",
-         f"the My Number segment needs a proof of identity at most {MYNUMBER_AUTH_AGE} old"),
+         f"マイナンバー利用事務系には {MYNUMBER_AUTH_AGE} 以内のパスキーによる本人確認が必要です",
+         f"the My Number segment needs a passkey proven at most {MYNUMBER_AUTH_AGE} ago"),
     Rule("mynumber-not-public", "mynumber",
          "マイナンバー利用事務系のルートを誰にでも開くことはできません",
          "a My Number route cannot be opened to everyone"),
@@ -291,6 +295,11 @@ RULES: Mapping[str, Rule] = {rule.id: rule for rule in (
          " (mode: screen) を使います",
          "HTTP routes into the LGWAN segment are for the office networks (networks.office) "
          "only; from outside, use screen transfer (mode: screen)"),
+    Rule("lgwan-tcp-internal", "lgwan",
+         "LGWAN 接続系の TCP ルート (sekisho tcp) は庁内 (networks.office) からのみです。庁外からは"
+         "画面転送 (mode: screen) を使います",
+         "TCP routes (sekisho tcp) into the LGWAN segment are for the office networks "
+         "(networks.office) only; from outside, use screen transfer (mode: screen)"),
     Rule("lgwan-not-public", "lgwan",
          "LGWAN 接続系のルートを誰にでも開くことはできません",
          "an LGWAN route cannot be opened to everyone"),
@@ -356,6 +365,9 @@ def contradictions(*, profile: str, segment: str, mode: str, screen: Mapping[str
             findings += _outside(path, argument, networks.mynumber_terminals,
                                  rule="mynumber-designated-terminals",
                                  what=("指定端末", "designated terminals"))
+        elif name == "source_ip" and mode == "tcp":
+            findings += _outside(path, argument, networks.office, rule="lgwan-tcp-internal",
+                                 what=("庁内ネットワーク", "office networks"))
         elif name == "source_ip" and mode == "http":
             findings += _outside(path, argument, networks.office, rule="lgwan-http-internal",
                                  what=("庁内ネットワーク", "office networks"))
@@ -459,22 +471,31 @@ def _mynumber_criterion(path: Path, name: str, argument: Any) -> list[Finding]:
             shown = ", ".join(others)
             return [Finding("mynumber-managed-device", "policy", (*path, "profile"),
                             f"プロファイル {shown} の許可", f"allowing profile {shown}")]
-    predicate = CRITERIA[name].compile(argument, path) if name in ("mfa", "auth_age") else None
+    predicate = CRITERIA[name].predicate(argument, path) if name in ("mfa", "auth_age") \
+        else None
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    older = now - timedelta(seconds=MYNUMBER_AUTH_AGE_SECONDS + 1)
     if name == "mfa" and predicate is not None:
         # Asked of the criterion itself, not of its argument's spelling: `true`, `totp`,
         # `webauthn` (a passkey without user verification) … all accept a weaker proof.
-        weaker = sorted(m for m in SECOND_FACTORS - {MYNUMBER_FACTOR}
-                        if predicate(_probe_facts(auth_methods=frozenset({"pwd", m}))))
+        weaker = sorted(m for m in SECOND_FACTORS - {MYNUMBER_FACTOR} if predicate(
+            _probe_facts(auth_methods=frozenset({"pwd", m}), proofs={"pwd": now, m: now})))
         if weaker:
             shown = ", ".join(weaker)
             return [Finding("mynumber-passkey", "policy", path,
                             f"2 段階目の方式 {shown} の許可",
                             f"accepting the second factor {shown}")]
-    if name == "auth_age" and predicate is not None:
-        now = datetime(2026, 1, 1, tzinfo=UTC)
-        older = now - timedelta(seconds=MYNUMBER_AUTH_AGE_SECONDS + 1)
-        if predicate(_probe_facts(now=now, auth_time=older)):
-            return [Finding("mynumber-fresh-proof", "policy", path,
-                            f"{argument} 前の本人確認の許可",
-                            f"accepting a proof of identity {argument} old")]
+        # The timed form (`{methods, within}`) measures the passkey's own age; the list
+        # form says nothing about time, so only the former can accept an older proof.
+        stale = {"pwd": older, MYNUMBER_FACTOR: older}
+        if isinstance(argument, Mapping) and predicate(_probe_facts(
+                auth_methods=frozenset(stale), auth_time=older, proofs=stale)):
+            within = argument.get("within")
+            return [Finding("mynumber-fresh-proof", "policy", (*path, "within"),
+                            f"{within} 前のパスキーの許可",
+                            f"accepting a passkey proven {within} ago")]
+    if name == "auth_age" and predicate is not None and \
+            predicate(_probe_facts(now=now, auth_time=older)):
+        return [Finding("mynumber-fresh-proof", "policy", path, f"{argument} 前の本人確認の許可",
+                        f"accepting a proof of identity {argument} old")]
     return []

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, Table, func, select, text
 
+from sekisho.audit import columns as search_columns
 from sekisho.audit.chain import GENESIS, StoredRecord, link
 from sekisho.errors import StorageError
 from sekisho.storage.models import Base
@@ -31,6 +32,9 @@ class PendingRecord(NamedTuple):
     occurred_at: datetime
     actor: str
     body: str
+    # The search columns, taken from the event object; None (records relayed as text):
+    # derived from the body by the writer (`audit.columns`).
+    search: search_columns.SearchColumns | None = None
 
 
 def _lock_head(connection: Connection) -> tuple[int, str]:
@@ -75,30 +79,42 @@ def append_batch(engine: Engine, items: Sequence[PendingRecord]) -> int:
         # Rows go to the driver's executemany as plain tuples, times through the column type's
         # own bind processor (so they are stored exactly as a Core insert would store them):
         # the per-row Core parameter handling was most of the audit writer's CPU time.
-        sql, to_db = _insert_plan(connection)
+        sql, reasons_sql, to_db = _insert_plan(connection)
         rows: list[tuple[Any, ...]] = []
+        reasons: list[tuple[Any, ...]] = []
+        of_body = search_columns.of_body
         for item in items:
             seq += 1
             digest = link(prev, item.body)
-            rows.append((seq, to_db(_utc(item.occurred_at)), item.event_type,
-                         item.actor[:ACTOR_MAX], item.body, prev, digest))
+            when = to_db(_utc(item.occurred_at))
+            route, decision, searchable = item.search or of_body(item.body)
+            rows.append((seq, when, item.event_type, item.actor[:ACTOR_MAX], item.body, prev,
+                         digest, route, decision))
+            for reason in searchable:
+                reasons.append((reason, when, seq, item.event_type))
             prev = digest
         connection.exec_driver_sql(sql, rows)
+        if reasons:
+            connection.exec_driver_sql(reasons_sql, reasons)
         connection.execute(HEAD.update().where(HEAD.c.id == 1).values(seq=seq, hash=prev))
         connection.commit()
     return seq
 
 
-_INSERT = ("INSERT INTO audit_events (seq, occurred_at, event_type, actor, body, prev_hash, hash) "
-           "VALUES ({0}, {0}, {0}, {0}, {0}, {0}, {0})")
+_INSERT = ("INSERT INTO audit_events (seq, occurred_at, event_type, actor, body, prev_hash, hash, "
+           "route, decision) VALUES ({0}, {0}, {0}, {0}, {0}, {0}, {0}, {0}, {0})")
+_INSERT_REASONS = ("INSERT INTO audit_reasons (reason, occurred_at, seq, event_type) "
+                   "VALUES ({0}, {0}, {0}, {0})")
 
 
-def _insert_plan(connection: Connection) -> tuple[str, Callable[[datetime], Any]]:
-    """The driver-level INSERT for audit rows and the bind processor of `occurred_at`."""
+def _insert_plan(connection: Connection) -> tuple[str, str, Callable[[datetime], Any]]:
+    """The driver-level INSERTs for audit rows and their reasons, and the bind processor of
+    `occurred_at` (one value for both tables, so their times compare equal)."""
     dialect = connection.dialect
-    sql = _INSERT.format("?" if dialect.paramstyle == "qmark" else "%s")
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
     processor = EVENTS.c.occurred_at.type.dialect_impl(dialect).bind_processor(dialect)
-    return sql, processor if processor is not None else _identity
+    return (_INSERT.format(mark), _INSERT_REASONS.format(mark),
+            processor if processor is not None else _identity)
 
 
 def _identity(value: datetime) -> Any:

@@ -159,6 +159,38 @@ def list_devices(engine: Engine, user_id: int | None = None) -> list[DeviceRecor
     return [_device(row) for row in rows]
 
 
+def page_devices(engine: Engine, *, user_id: int | None = None, status: str | None = None,
+                 before: int | None = None, limit: int = 50
+                 ) -> tuple[list[DeviceRecord], int | None]:
+    """Newest devices first, one page: (devices, cursor of the next page or None).
+
+    Keyset on the row id, so a page costs the same however many devices are registered."""
+    conditions: list[Any] = []
+    if user_id is not None:
+        conditions.append(Device.user_id == user_id)
+    if status is not None:
+        conditions.append(Device.status == status)
+    if before is not None:
+        conditions.append(Device.id < before)
+    size = max(1, min(limit, 500))
+    query = (select(*_DEVICE_COLUMNS, Device.id).join(User, User.id == Device.user_id)
+             .where(*conditions).order_by(Device.id.desc()).limit(size + 1))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(query).all()
+    except SQLAlchemyError as exc:
+        raise _fail(exc) from None
+    cursor = int(rows[size - 1].id) if len(rows) > size else None
+    return [_device(row) for row in rows[:size]], cursor
+
+
+def resume(engine: Engine, device_id: str, *, now: datetime) -> bool:
+    """A suspended device becomes active again (its certificate leaves the CRL); False when it
+    was not suspended. A revoked device is never resumed. Announced on the change feed."""
+    return _update(engine, device_id, Device.status == "suspended", announce=now,
+                   status="active", revoked_at=None, revoked_reason="")
+
+
 def rename_device(engine: Engine, device_id: str, name: str) -> DeviceRecord:
     _update(engine, device_id, Device.device_id == device_id, name=name[:128])
     return require_device(engine, device_id)

@@ -18,6 +18,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -86,6 +87,8 @@ class Session(Base):
     revoked_reason: Mapped[str] = mapped_column(String(128), default="")
     mfa_time: Mapped[datetime | None] = mapped_column(UTC, nullable=True)  # last 2nd factor
     idp: Mapped[str] = mapped_column(String(128), default="")  # IdP id for "oidc" sessions
+    # When each method was last proven: JSON {"webauthn_uv": "2026-…+00:00", …} (0013).
+    proofs: Mapped[str] = mapped_column(Text, default="{}")
 
 
 class ThrottleState(Base):
@@ -97,6 +100,12 @@ class ThrottleState(Base):
     failures: Mapped[int] = mapped_column(Integer, default=0)
     last_failure_at: Mapped[datetime | None] = mapped_column(UTC, nullable=True)
     locked_until: Mapped[datetime | None] = mapped_column(UTC, nullable=True)
+
+
+# The conditions of the partial audit indexes; a query must repeat them word for word (as
+# literals, not bound parameters) for SQLite's planner to use those indexes.
+RARE = "event_type <> 'access.decision'"
+DENIED = "decision = 'deny'"
 
 
 class AuditRecord(Base):
@@ -111,11 +120,44 @@ class AuditRecord(Base):
     body: Mapped[str] = mapped_column(Text)  # canonical JSON of the event, exactly as hashed
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # Search columns (migration 0011): derived from the body by `audit.columns`, not hashed.
+    route: Mapped[str] = mapped_column(String(128), default="")
+    decision: Mapped[str] = mapped_column(String(8), default="")
+
+    # Newest first is seq descending; each filter has an index that yields its records in seq
+    # order, and the dashboard's counts have time indexes (docs/audit.md). Those of rare
+    # records are partial: an allowed access decision (most of the log) enters three indexes,
+    # as before migration 0011 (the route index took the place of the event-type index).
+    __table_args__ = (
+        Index("ix_audit_events_time_seq", "occurred_at", "seq"),
+        Index("ix_audit_events_actor_seq", "actor", "seq"),
+        Index("ix_audit_events_route_seq", "route", "seq"),
+        Index("ix_audit_events_type_seq", "event_type", "seq",
+              sqlite_where=text(RARE), postgresql_where=text(RARE)),
+        Index("ix_audit_events_type_time", "event_type", "occurred_at",
+              sqlite_where=text(RARE), postgresql_where=text(RARE)),
+        Index("ix_audit_events_deny_seq", "seq",
+              sqlite_where=text(DENIED), postgresql_where=text(DENIED)),
+        Index("ix_audit_events_deny_time", "occurred_at", "decision",  # covering for counts
+              sqlite_where=text(DENIED), postgresql_where=text(DENIED)),
+    )
+
+
+class AuditReason(Base):
+    """The searchable reasons of one audit record (migration 0011; see `audit.columns`):
+    one row per reason code of a denial or failure, for the reason filter and the dashboard."""
+
+    __tablename__ = "audit_reasons"
+
+    reason: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                     primary_key=True)
+    occurred_at: Mapped[datetime] = mapped_column(UTC)
+    event_type: Mapped[str] = mapped_column(String(64))
 
     __table_args__ = (
-        Index("ix_audit_events_occurred_at", "occurred_at"),
-        Index("ix_audit_events_event_type", "event_type"),
-        Index("ix_audit_events_actor", "actor"),
+        Index("ix_audit_reasons_time", "occurred_at", "event_type"),
+        {"sqlite_with_rowid": False},
     )
 
 
@@ -312,3 +354,41 @@ class Change(Base):
     kind: Mapped[str] = mapped_column(String(16))
     subject: Mapped[str] = mapped_column(String(128))
     occurred_at: Mapped[datetime] = mapped_column(UTC, index=True)
+
+
+class ConnectorToken(Base):
+    """A one-time connector enrolment token, stored as its SHA-256 (migration 0013).
+
+    Spent by one conditional UPDATE (`used_at IS NULL AND expires_at > now`), in the same
+    transaction that records the connector it enrolled.
+    """
+
+    __tablename__ = "connector_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    site: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(UTC)
+    expires_at: Mapped[datetime] = mapped_column(UTC)
+    used_at: Mapped[datetime | None] = mapped_column(UTC, nullable=True)
+    connector_id: Mapped[str] = mapped_column(String(64), default="")
+
+
+class ConnectorRecord(Base):
+    """An enrolled connector and the certificate the CA issued to it (migration 0013).
+
+    `status` is "active" or "revoked"; the broker checks it on every tunnel handshake and
+    cuts a tunnel whose connector is revoked. `cert_serial` is lower-case hex.
+    """
+
+    __tablename__ = "connectors"
+
+    connector_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    site: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(128), default="")
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    cert_serial: Mapped[str] = mapped_column(String(64), unique=True)
+    cert_not_after: Mapped[datetime] = mapped_column(UTC)
+    enrolled_at: Mapped[datetime] = mapped_column(UTC)
+    last_seen: Mapped[datetime | None] = mapped_column(UTC, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTC, nullable=True)

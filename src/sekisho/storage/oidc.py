@@ -366,3 +366,39 @@ def delete_links(engine: Engine, ids: list[int]) -> None:
             conn.execute(delete(OidcSession).where(OidcSession.id.in_(ids)))
     except SQLAlchemyError as exc:
         raise _fail(exc) from None
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityLink:
+    """One (IdP, sub) bound to a Sekisho user, as the admin console shows it."""
+
+    idp: str
+    sub: str
+    email: str
+    created_at: datetime
+    last_login_at: datetime
+
+
+def identities_of_user(engine: Engine, user_id: int) -> list[IdentityLink]:
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(OidcIdentity.idp, OidcIdentity.sub, OidcIdentity.email,
+                       OidcIdentity.created_at, OidcIdentity.last_login_at)
+                .where(OidcIdentity.user_id == user_id)
+                .order_by(OidcIdentity.idp, OidcIdentity.sub)).all()
+    except SQLAlchemyError as exc:
+        raise _fail(exc) from None
+    return [IdentityLink(r[0], r[1], r[2], utc(r[3]), utc(r[4])) for r in rows]
+
+
+def remove_identities(engine: Engine, user_id: int, idp: str) -> int:
+    """Unbind every `sub` of `idp` from the user (an administrator's decision): the next
+    sign-in through that IdP is matched again from scratch. Returns how many were bound."""
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(delete(OidcIdentity).where(
+                OidcIdentity.user_id == user_id, OidcIdentity.idp == idp))
+    except SQLAlchemyError as exc:
+        raise _fail(exc) from None
+    return int(result.rowcount or 0)

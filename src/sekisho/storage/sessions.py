@@ -4,13 +4,18 @@ Only digests are stored, so a copy of the database hands out no live session. Th
 repository decides nothing about validity (that is `identity.sessions`); it reads and writes
 rows and returns plain values, joined with the user and the user's groups in two cheap
 indexed queries on one connection.
+
+`proofs` keeps, per authentication method, when it was last proven (JSON text; migration
+0013), so a policy can ask for one method proven recently rather than any.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, insert, select, update
@@ -42,14 +47,46 @@ class SessionRecord:
     revoked_reason: str
     mfa_time: datetime | None = None
     idp: str = ""
+    # method → UTC time of its last proof (read-only); empty when none is known
+    proofs: Mapping[str, datetime] = field(default_factory=lambda: _NONE, hash=False)
 
+
+_NONE: Mapping[str, datetime] = MappingProxyType({})
+MAX_PROOFS = 16  # methods per session: a handful exist; more is a corrupt or forged row
 
 _COLUMNS = (
     Session.id, Session.user_id, User.username, User.display_name, User.email, User.disabled,
     Session.created_at, Session.last_seen_at, Session.expires_at, Session.auth_time,
     Session.auth_methods, Session.source_ip, Session.user_agent, Session.revoked_at,
-    Session.revoked_reason, Session.mfa_time, Session.idp,
+    Session.revoked_reason, Session.mfa_time, Session.idp, Session.proofs,
 )
+
+
+def encode_proofs(proofs: Mapping[str, datetime]) -> str:
+    """The stored form: compact JSON, methods sorted, times ISO 8601 in UTC."""
+    return json.dumps({name: utc(when).isoformat() for name, when in sorted(proofs.items())},
+                      separators=(",", ":"))
+
+
+def decode_proofs(text: str | None) -> Mapping[str, datetime]:
+    """The stored form read back, read-only. Entries that do not parse are left out: a
+    method without a known time satisfies no timed policy (fail closed), and a step-up
+    records a fresh one."""
+    try:
+        raw = json.loads(text or "{}")
+    except ValueError:
+        return _NONE
+    if not isinstance(raw, dict) or len(raw) > MAX_PROOFS:
+        return _NONE
+    found: dict[str, datetime] = {}
+    for name, when in raw.items():
+        if not isinstance(when, str) or not 0 < len(name) <= 32:
+            continue
+        try:
+            found[name] = utc(datetime.fromisoformat(when))
+        except ValueError:
+            continue
+    return MappingProxyType(found)
 
 
 def _fail(exc: SQLAlchemyError) -> StorageError:
@@ -80,13 +117,14 @@ def _record(r: Sequence[Any], groups: set[str]) -> SessionRecord:
         auth_methods=frozenset(m for m in r[10].split(",") if m), source_ip=r[11],
         user_agent=r[12], revoked_at=None if r[13] is None else utc(r[13]),
         revoked_reason=r[14], mfa_time=None if r[15] is None else utc(r[15]), idp=r[16],
+        proofs=decode_proofs(r[17]),
     )
 
 
 def create_session(
     engine: Engine, *, session_id: str, user_id: int, now: datetime, expires_at: datetime,
     auth_time: datetime, methods: Iterable[str], source_ip: str = "", user_agent: str = "",
-    mfa_time: datetime | None = None, idp: str = "",
+    mfa_time: datetime | None = None, idp: str = "", proofs: Mapping[str, datetime] = _NONE,
 ) -> None:
     try:
         with engine.begin() as conn:
@@ -95,7 +133,7 @@ def create_session(
                 expires_at=expires_at, auth_time=auth_time,
                 auth_methods=",".join(sorted(set(methods))), source_ip=source_ip[:64],
                 user_agent=user_agent[:512], revoked_at=None, revoked_reason="",
-                mfa_time=mfa_time, idp=idp[:128],
+                mfa_time=mfa_time, idp=idp[:128], proofs=encode_proofs(proofs),
             ))
     except SQLAlchemyError as exc:
         raise _fail(exc) from None
@@ -163,9 +201,11 @@ def revoke_user(engine: Engine, user_id: int, now: datetime, reason: str) -> lis
 
 
 def list_active(
-    engine: Engine, now: datetime, idle_timeout: float, *, user_id: int | None = None
+    engine: Engine, now: datetime, idle_timeout: float, *, user_id: int | None = None,
+    limit: int | None = None,
 ) -> list[SessionRecord]:
-    """Sessions neither revoked nor past their absolute or idle limit, newest first."""
+    """Sessions neither revoked nor past their absolute or idle limit, newest first (at most
+    `limit` of them when given: the admin listing of a large installation)."""
     query = (
         select(*_COLUMNS).join(User, User.id == Session.user_id)
         .where(Session.revoked_at.is_(None), Session.expires_at > now,
@@ -174,6 +214,8 @@ def list_active(
     )
     if user_id is not None:
         query = query.where(Session.user_id == user_id)
+    if limit is not None:
+        query = query.limit(limit)
     try:
         with engine.connect() as conn:
             rows = conn.execute(query).all()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from sekisho.errors import SekishoError, StorageError
@@ -327,3 +327,130 @@ def groups_of_user(engine: Engine, user_id: int) -> list[str]:
     except SQLAlchemyError as exc:
         raise _storage_error(exc) from None
     return [row[0] for row in rows]
+
+
+# -- paged listings and whole-list membership (admin console and API) -----------------------
+
+MAX_PAGE = 500
+
+
+def _like_prefix(text: str) -> str:
+    """A LIKE pattern matching values that start with `text` (its own % and _ are literal)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def search_users(
+    engine: Engine, *, query: str = "", disabled: bool | None = None, after: str = "",
+    limit: int = 50,
+) -> list[UserRecord]:
+    """One page of users in username order, after the username `after` (keyset paging).
+
+    The page is read along the unique username index and stops after `limit` rows, so its
+    cost does not grow with the table nor with how deep one pages (10,000 accounts). `query`
+    is a prefix of the username, the e-mail, the display name or one word of it.
+    """
+    conditions: list[Any] = [User.username > canonical_name(after)] if after else []
+    if query:
+        pattern = _like_prefix(canonical_name(query))
+        conditions.append(or_(
+            User.username.like(pattern, escape="\\"),
+            User.email.ilike(pattern, escape="\\"),
+            User.display_name.ilike(pattern, escape="\\"),
+            User.display_name.ilike("% " + pattern, escape="\\")))
+    if disabled is not None:
+        conditions.append(User.disabled.is_(disabled))
+    statement = (select(*_USER_COLUMNS).where(*conditions).order_by(User.username)
+                 .limit(max(1, min(limit, MAX_PAGE))))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(statement).all()
+    except SQLAlchemyError as exc:
+        raise _storage_error(exc) from None
+    return [_user(row) for row in rows]
+
+
+def groups_of_users(engine: Engine, user_ids: Sequence[int]) -> dict[int, list[str]]:
+    """Group names of several users in one query (a page of a listing, never N queries)."""
+    ids = sorted(set(user_ids))
+    found: dict[int, list[str]] = {uid: [] for uid in ids}
+    if not ids:
+        return found
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(GroupMember.user_id, Group.name)
+                .join(Group, Group.id == GroupMember.group_id)
+                .where(GroupMember.user_id.in_(ids)).order_by(Group.name)).all()
+    except SQLAlchemyError as exc:
+        raise _storage_error(exc) from None
+    for user_id, name in rows:
+        found[user_id].append(name)
+    return found
+
+
+def list_groups_with_counts(engine: Engine) -> list[tuple[GroupRecord, int]]:
+    """Every group with its member count, in one grouped query."""
+    count = func.count(GroupMember.user_id)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(*_GROUP_COLUMNS, count)
+                .outerjoin(GroupMember, GroupMember.group_id == Group.id)
+                .group_by(*_GROUP_COLUMNS).order_by(Group.name)).all()
+    except SQLAlchemyError as exc:
+        raise _storage_error(exc) from None
+    return [(_group(row[:4]), int(row[4])) for row in rows]
+
+
+def members_page(engine: Engine, group: str, *, after: str = "",
+                 limit: int = 100) -> list[UserRecord]:
+    """A page of a group's members in username order, after `after` (keyset)."""
+    g = require_group(engine, group)
+    conditions: list[Any] = [GroupMember.group_id == g.id]
+    if after:
+        conditions.append(User.username > canonical_name(after))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(*_USER_COLUMNS).join(GroupMember, GroupMember.user_id == User.id)
+                .where(*conditions).order_by(User.username)
+                .limit(max(1, min(limit, MAX_PAGE)))).all()
+    except SQLAlchemyError as exc:
+        raise _storage_error(exc) from None
+    return [_user(row) for row in rows]
+
+
+def replace_groups(engine: Engine, username: str, groups: Sequence[str], *,
+                   now: datetime | None = None) -> tuple[list[str], list[str]]:
+    """Make the user's memberships exactly `groups`, in one transaction: (added, removed).
+
+    Every named group must exist (nothing is changed otherwise). A change is announced on
+    the change feed in the same transaction, like `add_member` / `remove_member`.
+    """
+    user = require_user(engine, username)
+    wanted = sorted({canonical_name(name) for name in groups})
+    try:
+        with engine.begin() as conn:
+            known = dict(conn.execute(select(Group.name, Group.id)
+                                      .where(Group.name.in_(wanted))).all()) if wanted else {}
+            missing = [name for name in wanted if name not in known]
+            if missing:
+                raise NotFound(f"グループ {', '.join(missing)} が見つかりません / "
+                               f"no group {', '.join(missing)}")
+            current = dict(conn.execute(
+                select(Group.name, Group.id).join(GroupMember, GroupMember.group_id == Group.id)
+                .where(GroupMember.user_id == user.id)).all())
+            added = [name for name in wanted if name not in current]
+            removed = sorted(name for name in current if name not in known)
+            if added:
+                conn.execute(insert(GroupMember), [{"group_id": known[name], "user_id": user.id}
+                                                   for name in added])
+            if removed:
+                conn.execute(delete(GroupMember).where(
+                    GroupMember.user_id == user.id,
+                    GroupMember.group_id.in_([current[name] for name in removed])))
+            if added or removed:
+                changes.record(conn, changes.USER, [user.id], now)
+    except SQLAlchemyError as exc:
+        raise _storage_error(exc) from None
+    return added, removed

@@ -37,8 +37,14 @@ def _attempt(stack: Stack, browser: Browser, mint: Callable[[dict[str, Any]], st
 
 
 def _claims(change: dict[str, Any]) -> Callable[[Stack], Callable[[dict[str, Any]], str]]:
+    """Claims overridden at signing time; integer values of time claims are offsets from
+    that moment (not from collection: a long suite would age them past `too-old`)."""
     def build(stack: Stack) -> Callable[[dict[str, Any]], str]:
-        return lambda claims: stack.fake.sign({**claims, **change})
+        def sign(claims: dict[str, Any]) -> str:
+            now = int(time.time())
+            timed = {k: now + v if k in ("exp", "iat") else v for k, v in change.items()}
+            return stack.fake.sign({**claims, **timed})
+        return sign
     return build
 
 
@@ -72,16 +78,15 @@ def _garbage(stack: Stack) -> Callable[[dict[str, Any]], str]:
     return lambda claims: "not-a-jwt"
 
 
-NOW = int(time.time())
 CASES = [
     ("wrong-audience", _claims({"aud": "another-client"})),
     ("wrong-audience", _claims({"aud": ["another-client"]})),
     ("wrong-azp", _claims({"aud": ["sekisho-fake", "another-client"]})),
     ("wrong-azp", _claims({"azp": "another-client"})),
     ("wrong-issuer", _claims({"iss": "https://evil.example"})),
-    ("expired", _claims({"exp": NOW - 120, "iat": NOW - 400})),
-    ("issued-in-future", _claims({"iat": NOW + 3600, "exp": NOW + 7200})),
-    ("too-old", _claims({"iat": NOW - 86400})),
+    ("expired", _claims({"exp": -120, "iat": -400})),
+    ("issued-in-future", _claims({"iat": 3600, "exp": 7200})),
+    ("too-old", _claims({"iat": -86400})),
     ("nonce-mismatch", _claims({"nonce": "someone-elses-nonce"})),
     ("claim-missing", _claims({"sub": ""})),
     ("bad-signature", _forged_signature),

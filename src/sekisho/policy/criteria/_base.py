@@ -4,10 +4,16 @@ A criterion turns its YAML argument into a `Predicate` once, at compile time (fr
 merged address ranges, lower-cased names), so evaluation is a few attribute reads and one
 set lookup. Argument errors raise `PolicyError` with the path of the offending item and a
 sentence saying what is expected, in Japanese and English.
+
+An argument that can fail in more than one way compiles to several `Check`s instead, each
+with its own codes, tested in order (`mfa: {methods, within}`: never proven is
+`mfa-required`, proven too long ago `auth-too-old`, so the gateway still knows a step-up
+cures it). The engine and `explain` treat them as an `and` of those checks.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +22,18 @@ from sekisho.policy.errors import Path, PolicyError
 from sekisho.policy.facts import Facts
 
 Predicate = Callable[[Facts], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One test of a criterion argument that compiles to several, with the codes it reports."""
+
+    predicate: Predicate
+    passed_reason: str
+    failed_reason: str
+
+
+Compiled = Predicate | tuple[Check, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,12 +49,55 @@ class Criterion:
     failed_reason: str
     summary_ja: str
     summary_en: str
-    compile: Callable[[Any, Path], Predicate]
+    compile: Callable[[Any, Path], Compiled]
+    # Every code the criterion can report (`passed_reason`, `failed_reason` and its checks').
+    extra_reasons: tuple[str, ...] = ()
+
+    def checks(self, argument: Any, path: Path) -> tuple[Check, ...]:
+        """The argument compiled to its checks, in the order they are tested (usually one)."""
+        compiled = self.compile(argument, path)
+        if isinstance(compiled, tuple):
+            return compiled
+        return (Check(compiled, self.passed_reason, self.failed_reason),)
+
+    def predicate(self, argument: Any, path: Path) -> Predicate:
+        """The argument compiled to one yes/no test (all of its checks)."""
+        checks = self.checks(argument, path)
+        if len(checks) == 1:
+            return checks[0].predicate
+        tests = tuple(check.predicate for check in checks)
+        return lambda facts: all(test(facts) for test in tests)
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return (self.passed_reason, self.failed_reason, *self.extra_reasons)
 
 
 def expect(path: Path, en: str, ja: str) -> PolicyError:
     """Build the error for an argument that is not what the criterion expects."""
     return PolicyError(path, en, ja)
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h)?\s*$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, None: 1}
+
+
+def duration_seconds(argument: Any, path: Path) -> int:
+    """Whole seconds from `900` or a duration like `"15m"` (s, m, h); more than zero."""
+    if isinstance(argument, int) and not isinstance(argument, bool):
+        seconds = argument
+    elif isinstance(argument, str) and (match := _DURATION.match(argument)):
+        seconds = int(match.group(1)) * _UNIT[match.group(2)]
+    else:
+        raise expect(
+            path,
+            f"expected a number of seconds or a duration like '15m', got {argument!r}",
+            f"秒数、または '15m' のような時間を指定してください。指定値: {argument!r}",
+        )
+    if seconds <= 0:
+        raise expect(path, f"expected a duration longer than zero, got {argument!r}",
+                     f"0 より長い時間を指定してください。指定値: {argument!r}")
+    return seconds
 
 
 def is_list(value: object) -> bool:

@@ -2,42 +2,22 @@
 
 The proof is the later of the sign-in and the last second-factor proof (step-up), so a
 route can demand a fresh proof without ending the session: the gateway sends the user to
-step up and back.
+step up and back. Any method counts here; to ask for one method proven recently (a passkey
+within 15 minutes, not a TOTP), write `mfa: {methods: [...], within: 15m}`.
 """
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from typing import Any
 
-from sekisho.policy.criteria._base import Criterion, Predicate, expect
+from sekisho.policy.criteria._base import Criterion, Predicate, duration_seconds
 from sekisho.policy.errors import Path
 from sekisho.policy.facts import Facts
 
-_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h)?\s*$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, None: 1}
-
-
-def _seconds(argument: Any, path: Path) -> int:
-    if isinstance(argument, int) and not isinstance(argument, bool):
-        seconds = argument
-    elif isinstance(argument, str) and (match := _DURATION.match(argument)):
-        seconds = int(match.group(1)) * _UNIT[match.group(2)]
-    else:
-        raise expect(
-            path,
-            f"expected a number of seconds or a duration like '15m', got {argument!r}",
-            f"秒数、または '15m' のような時間を指定してください。指定値: {argument!r}",
-        )
-    if seconds <= 0:
-        raise expect(path, f"expected a duration longer than zero, got {argument!r}",
-                     f"0 より長い時間を指定してください。指定値: {argument!r}")
-    return seconds
-
 
 def _compile(argument: Any, path: Path) -> Predicate:
-    limit = timedelta(seconds=_seconds(argument, path))
+    limit = timedelta(seconds=duration_seconds(argument, path))
 
     def auth_age(facts: Facts) -> bool:
         proved = facts.auth_time
