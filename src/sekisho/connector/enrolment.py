@@ -21,14 +21,12 @@ import secrets
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine
 
 from sekisho.audit.events import ConnectorEnrolled, ConnectorRevoked, ConnectorTokenCreated
-from sekisho.devices.ca import BACKDATE, CertificateAuthority
-from sekisho.devices.ca import _checked_csr_key as checked_csr_key
-from sekisho.devices.ca import _key_usage as key_usage
+from sekisho.devices.ca import CertificateAuthority, issue_client_certificate
 from sekisho.errors import SekishoError
 from sekisho.storage import connectors as store
 from sekisho.storage.connectors import Connector
@@ -77,31 +75,10 @@ def create_token(engine: Engine, site: str, admin: str, ttl: timedelta, *, max_d
 def issue_certificate(ca: CertificateAuthority, csr_pem: bytes, *, connector_id: str,
                       site: str, days: int, now: datetime) -> x509.Certificate:
     """Sign a connector certificate for the CSR's key; nothing else is taken from the CSR."""
-    public_key = checked_csr_key(csr_pem)
-    organisation = ca.intermediate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, connector_id)]
-    attributes += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, str(a.value))
-                   for a in organisation[:1]]
-    attributes.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, f"connector {site}"))
-    not_after = min(now + timedelta(days=days), ca.intermediate.not_valid_after_utc)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name(attributes))
-        .issuer_name(ca.intermediate.subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(key_usage(digital_signature=True), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName([
-            x509.UniformResourceIdentifier(CONNECTOR_URN + connector_id)]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-            ca.intermediate_key.public_key()), critical=False)
-        .sign(ca.intermediate_key, hashes.SHA256())
-    )
+    return issue_client_certificate(
+        ca, csr_pem, common_name=connector_id,
+        extra_names=[x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, f"connector {site}")],
+        uris=[CONNECTOR_URN + connector_id], days=days, now=now)
 
 
 def enrol(engine: Engine, ca: CertificateAuthority, token: str, csr_pem: bytes, *,

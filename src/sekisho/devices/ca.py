@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -214,29 +214,46 @@ def issue_device_certificate(
         raise CaError("利用者名が不正です / invalid user name", code="ca-identifier")
     if not 1 <= days <= 3650:
         raise CaError("有効日数は 1〜3650 です / days must be 1-3650", code="ca-validity")
+    return issue_client_certificate(
+        ca, csr_pem, common_name=device_id,
+        extra_names=[x509.NameAttribute(NameOID.USER_ID, user)],
+        uris=[DEVICE_URN + device_id, INVENTORY_URN + inventory_id], days=days, now=moment)
+
+
+def issue_client_certificate(
+    ca: CertificateAuthority,
+    csr_pem: bytes,
+    *,
+    common_name: str,
+    extra_names: Sequence[x509.NameAttribute[str]],
+    uris: Sequence[str],
+    days: int,
+    now: datetime,
+) -> x509.Certificate:
+    """A TLS client certificate (devices, connectors) from the intermediate for the CSR's key
+    (checked: curve or size); nothing else is taken from the CSR. The callers validate their
+    names; this fixes what every client certificate of ours carries."""
     public_key = _checked_csr_key(csr_pem)
     organisation = ca.intermediate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, device_id)]
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
     attributes += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, str(a.value))
                    for a in organisation[:1]]
-    attributes.append(x509.NameAttribute(NameOID.USER_ID, user))
+    attributes += extra_names
     # A certificate cannot outlive its issuer: clients would reject the chain anyway.
-    not_after = min(moment + timedelta(days=days), ca.intermediate.not_valid_after_utc)
+    not_after = min(now + timedelta(days=days), ca.intermediate.not_valid_after_utc)
     return (
         x509.CertificateBuilder()
         .subject_name(x509.Name(attributes))
         .issuer_name(ca.intermediate.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(moment - BACKDATE)
+        .not_valid_before(now - BACKDATE)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(digital_signature=True), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName([
-            x509.UniformResourceIdentifier(DEVICE_URN + device_id),
-            x509.UniformResourceIdentifier(INVENTORY_URN + inventory_id),
-        ]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.UniformResourceIdentifier(uri) for uri in uris]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
             ca.intermediate_key.public_key()), critical=False)
