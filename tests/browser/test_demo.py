@@ -283,7 +283,8 @@ def test_demo_admin_reaches_the_console_in_japanese(demo: Demo, chromium: Browse
         # Administrators always need a second factor: the first sign-in sets up an app.
         page.wait_for_url("**/.sekisho/mfa/totp/enrol*")
         raw = page.inner_text("code.secret").replace(" ", "")
-        page.fill("#code", totp.totp(base64.b32decode(raw + "=" * (-len(raw) % 8)), time.time()))
+        secret = base64.b32decode(raw + "=" * (-len(raw) % 8))
+        page.fill("#code", totp.totp(secret, time.time()))
         with page.expect_navigation():
             page.click("form button[type=submit]")
         page.wait_for_selector("ol.codes")  # recovery codes, shown once
@@ -305,10 +306,15 @@ def test_demo_admin_reaches_the_console_in_japanese(demo: Demo, chromium: Browse
         assert "ダッシュボード" in page.inner_text("h1")
         page.goto(demo.url("wiki", "/.sekisho/admin/users"))
         assert "tanaka" in page.inner_text("main")
-        # Sessions are per host: a staff member signs in on the app's own host.
+        # Sessions are per host: she signs in again on the app's own host (password + the
+        # app's next code: a code once used is refused as a replay).
         page.goto(demo.url("kintai", "/"))
-        _sign_in(page)
+        _sign_in(page, "sato", "Toyako-Onsen-2026")
+        page.wait_for_selector("#code")
+        page.fill("#code", totp.totp(secret, time.time() + 30))
+        with page.expect_navigation():
+            page.click("form[action='/.sekisho/mfa/totp'] button")
         page.wait_for_url(demo.url("kintai", "/"))
-        assert "田中 花子" in page.inner_text("body")  # the connector-only app, assertion checked
+        assert "佐藤 一郎" in page.inner_text("body")  # the connector-only app, assertion checked
     finally:
         context.close()
