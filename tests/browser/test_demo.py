@@ -144,6 +144,26 @@ def _sign_in(page: Page, user: str = "tanaka", password: str = PASSWORD) -> None
         page.click("form[action='/.sekisho/signin'] button[type=submit]")
 
 
+def _passkey_then_step_up(page: Page, demo: Demo, host: str, path: str, name: str) -> None:
+    """Register a passkey (the virtual authenticator; a fresh sign-in allows it), open `path`,
+    which asks to step up, and prove the passkey: back on `path`."""
+    page.goto(demo.url(host, "/.sekisho/passkeys"))
+    page.fill("#passkey-name", name)
+    with page.expect_navigation():
+        page.click("#passkey-start")
+    page.wait_for_selector("table.passkeys")
+    page.goto(demo.url(host, path))
+    page.wait_for_url("**/.sekisho/stepup?*")
+    with page.expect_navigation():
+        page.click("form[action='/.sekisho/stepup'] button")
+    with page.expect_navigation():
+        page.click("a[href='/.sekisho/passkeys/verify']")
+    page.wait_for_selector("#passkey-start")
+    with page.expect_navigation():
+        page.click("#passkey-start")
+    page.wait_for_url(demo.url(host, path))
+
+
 def test_demo_staff_day(demo: Demo, page: Page) -> None:
     page.goto(demo.url("wiki", "/manual"))
     _sign_in(page)
@@ -215,22 +235,7 @@ def test_enrolled_managed_device_and_passkey_reach_mynumber(
         # mfa-required sends her to step up rather than to a 403.
         page.wait_for_url("**/.sekisho/stepup?rd=*")
 
-        page.goto(demo.url("juki", "/.sekisho/passkeys"))  # register one (fresh sign-in)
-        page.fill("#passkey-name", "窓口PC")
-        with page.expect_navigation():
-            page.click("#passkey-start")
-        page.wait_for_selector("table.passkeys")
-
-        page.goto(demo.url("juki", "/records"))
-        page.wait_for_url("**/.sekisho/stepup?rd=*")
-        with page.expect_navigation():
-            page.click("form[action='/.sekisho/stepup'] button")
-        with page.expect_navigation():
-            page.click("a[href='/.sekisho/passkeys/verify']")
-        page.wait_for_selector("#passkey-start")
-        with page.expect_navigation():
-            page.click("#passkey-start")
-        page.wait_for_url(demo.url("juki", "/records"))
+        _passkey_then_step_up(page, demo, "juki", "/records", "窓口PC")
         assert "住民記録システム" in page.inner_text("h1")
         shot(page, "demo-mynumber", doc="demo-mynumber")
     finally:
@@ -288,21 +293,7 @@ def test_demo_admin_reaches_the_console_in_japanese(demo: Demo, chromium: Browse
         with page.expect_navigation():
             page.click("form button[type=submit]")
         page.wait_for_selector("ol.codes")  # recovery codes, shown once
-        page.goto(demo.url("wiki", "/.sekisho/passkeys"))
-        page.fill("#passkey-name", "情報政策課 PC")
-        with page.expect_navigation():
-            page.click("#passkey-start")
-        page.wait_for_selector("table.passkeys")
-        page.goto(demo.url("wiki", "/.sekisho/admin/"))
-        page.wait_for_url("**/.sekisho/stepup?*")
-        with page.expect_navigation():
-            page.click("form[action='/.sekisho/stepup'] button")
-        with page.expect_navigation():
-            page.click("a[href='/.sekisho/passkeys/verify']")
-        page.wait_for_selector("#passkey-start")
-        with page.expect_navigation():
-            page.click("#passkey-start")
-        page.wait_for_url(demo.url("wiki", "/.sekisho/admin/"))
+        _passkey_then_step_up(page, demo, "wiki", "/.sekisho/admin/", "情報政策課 PC")
         assert "ダッシュボード" in page.inner_text("h1")
         page.goto(demo.url("wiki", "/.sekisho/admin/users"))
         assert "tanaka" in page.inner_text("main")
