@@ -5,11 +5,18 @@ Rule: every append takes the single chain-head lock first (SQLite: the database 
 links from the locked head and commits rows and head together. Gateway workers and the CLI
 append from several processes at once; without this lock two writers could link to the same
 predecessor and fork the chain.
+
+Rows go in as multi-row INSERTs, not `executemany`: the sqlite3 module releases the GIL around
+every row's step, and a writer thread sharing its process with a busy event loop then waits a
+whole switch interval to get it back — about 600 rows a second instead of tens of thousands
+(`bench/bench_audit.py --busy`). PostgreSQL takes the same statements (equal speed measured).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from functools import lru_cache
+from itertools import chain
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -76,10 +83,10 @@ def append_batch(engine: Engine, items: Sequence[PendingRecord]) -> int:
         raise ValueError("append_batch needs at least one item")
     with engine.connect() as connection:
         seq, prev = _lock_head(connection)
-        # Rows go to the driver's executemany as plain tuples, times through the column type's
-        # own bind processor (so they are stored exactly as a Core insert would store them):
-        # the per-row Core parameter handling was most of the audit writer's CPU time.
-        sql, reasons_sql, to_db = _insert_plan(connection)
+        # Rows go to the driver as plain tuples (`_insert`), times through the column type's
+        # own bind processor: the per-row Core parameter handling was most of the audit
+        # writer's CPU time.
+        to_db = _time_binder(connection)
         rows: list[tuple[Any, ...]] = []
         reasons: list[tuple[Any, ...]] = []
         of_body = search_columns.of_body
@@ -93,28 +100,44 @@ def append_batch(engine: Engine, items: Sequence[PendingRecord]) -> int:
             for reason in searchable:
                 reasons.append((reason, when, seq, item.event_type))
             prev = digest
-        connection.exec_driver_sql(sql, rows)
+        _insert(connection, "audit_events", _EVENT_COLUMNS, rows)
         if reasons:
-            connection.exec_driver_sql(reasons_sql, reasons)
+            _insert(connection, "audit_reasons", _REASON_COLUMNS, reasons)
         connection.execute(HEAD.update().where(HEAD.c.id == 1).values(seq=seq, hash=prev))
         connection.commit()
     return seq
 
 
-_INSERT = ("INSERT INTO audit_events (seq, occurred_at, event_type, actor, body, prev_hash, hash, "
-           "route, decision) VALUES ({0}, {0}, {0}, {0}, {0}, {0}, {0}, {0}, {0})")
-_INSERT_REASONS = ("INSERT INTO audit_reasons (reason, occurred_at, seq, event_type) "
-                   "VALUES ({0}, {0}, {0}, {0})")
+_EVENT_COLUMNS = ("seq", "occurred_at", "event_type", "actor", "body", "prev_hash", "hash",
+                  "route", "decision")
+_REASON_COLUMNS = ("reason", "occurred_at", "seq", "event_type")
+# Rows per statement: 100 × 9 columns stays under 999 parameters, the limit of the oldest
+# SQLite builds, and a batch of 1,000 events still needs only ten statements.
+ROWS_PER_STATEMENT = 100
 
 
-def _insert_plan(connection: Connection) -> tuple[str, str, Callable[[datetime], Any]]:
-    """The driver-level INSERTs for audit rows and their reasons, and the bind processor of
-    `occurred_at` (one value for both tables, so their times compare equal)."""
+def _insert(connection: Connection, table: str, columns: tuple[str, ...],
+            rows: list[tuple[Any, ...]]) -> None:
+    """Insert `rows` at the driver level (values already in their database form)."""
+    mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        part = rows[start:start + ROWS_PER_STATEMENT]
+        connection.exec_driver_sql(_statement(table, columns, len(part), mark),
+                                   tuple(chain.from_iterable(part)))
+
+
+@lru_cache(maxsize=256)
+def _statement(table: str, columns: tuple[str, ...], count: int, mark: str) -> str:
+    row = "(" + ", ".join([mark] * len(columns)) + ")"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([row] * count)
+
+
+def _time_binder(connection: Connection) -> Callable[[datetime], Any]:
+    """The bind processor of `occurred_at` (one value for both tables, so their times
+    compare equal), so times are stored exactly as a Core insert would store them."""
     dialect = connection.dialect
-    mark = "?" if dialect.paramstyle == "qmark" else "%s"
     processor = EVENTS.c.occurred_at.type.dialect_impl(dialect).bind_processor(dialect)
-    return (_INSERT.format(mark), _INSERT_REASONS.format(mark),
-            processor if processor is not None else _identity)
+    return processor if processor is not None else _identity
 
 
 def _identity(value: datetime) -> Any:
