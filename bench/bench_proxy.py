@@ -168,10 +168,12 @@ def audit_master(spec_path: str, path: str) -> None:
     """The master's part of `sekisho serve` with workers > 1: the single audit writer."""
     import uvloop
 
+    from sekisho.app import tune_master_process
     from sekisho.audit.log import AuditLog
     from sekisho.audit.relay import AuditRelayServer
     from sekisho.storage.database import create_database_engine
 
+    tune_master_process()  # as `sekisho serve` tunes its master
     spec = json.loads(Path(spec_path).read_text())
     engine = create_database_engine(spec["url"])
     audit = AuditLog(engine)
@@ -205,7 +207,7 @@ def worker(spec_path: str, port: int, profile: str | None, relay: str | None = N
     from sekisho.storage.database import create_database_engine
     from sekisho.storage.keys import SigningKeyRepository
 
-    tune_worker_process()  # as `sekisho serve` does in each worker
+    tune_worker_process(relayed=relay is not None)  # as `sekisho serve` tunes each worker
     spec = json.loads(Path(spec_path).read_text())
     engine = create_database_engine(spec["url"])
     config = Config(source="<bench>", routes=(

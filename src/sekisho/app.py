@@ -40,11 +40,28 @@ MASTER_PID_ENV = "SEKISHO_MASTER_PID"  # set by the master for its workers
 # behind under full load (its events are then refused: 503) and every slice it takes stalls
 # the loop by up to 5 ms (tail latency). 1 ms keeps both in check (docs/benchmarks.md).
 WORKER_SWITCH_INTERVAL = 0.001
+# How much lower a relaying worker's CPU priority is than its master's. The master holds the
+# installation's audit writer; when the machine is saturated the scheduler shares time per
+# process, and with N workers feeding it the master's share fell below what recording their
+# requests costs: its log lagged past `max_lag` and the workers refused requests (503) in
+# bursts. Five steps give the master about three times a worker's weight, so overload now
+# queues requests instead of refusing them (docs/benchmarks.md).
+WORKER_NICE = 5
 
 
-def tune_worker_process() -> None:
-    """Process-wide settings for a gateway worker (one event loop + one audit writer thread)."""
+def tune_master_process() -> None:
+    """The master also runs an event loop (the audit relay) beside the audit writer thread:
+    with CPython's 5 ms slices the writer, handing the GIL back at every database step, waited
+    up to 5 ms each time the relay was busy, and its log lagged (503s) under load."""
     sys.setswitchinterval(WORKER_SWITCH_INTERVAL)
+
+
+def tune_worker_process(*, relayed: bool = False) -> None:
+    """Process-wide settings for a gateway worker (one event loop, and an audit writer thread
+    unless `relayed`: then the master writes, and must win the CPU over its workers)."""
+    sys.setswitchinterval(WORKER_SWITCH_INTERVAL)
+    if relayed:
+        os.nice(WORKER_NICE)
 
 
 @dataclass(frozen=True)
@@ -204,13 +221,13 @@ async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_rel
     from sekisho.storage.changes import ChangeWatcher
     from sekisho.storage.keys import SigningKeyRepository
 
-    tune_worker_process()
-    config = launch.config
-    engine = open_storage(config)
-    holder = RuntimeHolder(build_runtime(config, digest_of(launch.config_path, config)))
     # A worker of a master sends its events to the master's single writer (no writer
     # thread taking this process's GIL from its event loop); a lone process writes itself.
     relay_socket = None if admin else os.environ.get(RELAY_ENV)
+    tune_worker_process(relayed=relay_socket is not None)
+    config = launch.config
+    engine = open_storage(config)
+    holder = RuntimeHolder(build_runtime(config, digest_of(launch.config_path, config)))
     audit: AuditSink
     local: AuditLog | None = None
     relay: AuditRelay | None = None
@@ -399,6 +416,7 @@ def _serve_forked(launch: Launch, workers: int) -> int:
     async def master() -> None:
         from prometheus_client import multiprocess
 
+        tune_master_process()
         engine = open_storage(launch.config)
         keyring = KeyRing(SigningKeyRepository(engine))
         keyring.ensure()  # before the workers start, so they never race to create the first key

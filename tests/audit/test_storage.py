@@ -64,7 +64,7 @@ def test_a_large_batch_goes_in_as_few_multi_row_statements(engine: Engine) -> No
     def seen(_conn: object, _cursor: object, statement: str, _parameters: object,
              _context: object, executemany: bool) -> None:
         if statement.startswith(("INSERT INTO audit_events", "INSERT INTO audit_reasons")):
-            statements.append((statement.split(" (")[0], executemany))
+            statements.append((statement.split(" (", maxsplit=1)[0], executemany))
 
     reasons = ["mfa-required", "source-ip-denied"]
     items = []

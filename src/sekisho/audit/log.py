@@ -35,6 +35,7 @@ from sekisho.audit.columns import of_event
 from sekisho.audit.events import AuditEvent
 from sekisho.errors import SekishoError
 from sekisho.storage.audit_log import PendingRecord, append_batch, check_writable
+from sekisho.storage.checkpoint import WalCheckpointer
 
 log = logging.getLogger("sekisho.audit")
 
@@ -189,6 +190,7 @@ class AuditLog:
         self._held: list[_Item] | None = None  # a batch whose commit failed, retried as is
         self._inflight_since: float | None = None
         self._lock_fd: int | None = None
+        self.checkpointer: WalCheckpointer | None = None  # SQLite: started by start()
         # Refuse new events while more are waiting than the writer commits in
         # `backlog_seconds` (at its measured rate): `record()` is far cheaper than a commit,
         # so without this a producer could queue more than fits in the loss window.
@@ -341,6 +343,9 @@ class AuditLog:
         if self._thread is not None:
             return
         self._open_lock()
+        if self._engine.dialect.name == "sqlite":
+            self.checkpointer = WalCheckpointer(self._engine)
+            self.checkpointer.start()
         self._thread = threading.Thread(target=self._run, name="sekisho-audit-writer",
                                         daemon=True)
         self._thread.start()
@@ -358,6 +363,8 @@ class AuditLog:
         if self._thread is None or not self._thread.is_alive():
             # A producer that passed `_admit` just before close may have appended since.
             self._drain()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         if self._lock_fd is not None and (self._thread is None or not self._thread.is_alive()):
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -406,7 +413,8 @@ class AuditLog:
             try:
                 if records:
                     with self._local_lock():
-                        last_seq = append_batch(self._engine, records)
+                        last_seq = append_batch(self._engine, records,
+                                                autocheckpoint=self.checkpointer is None)
                 else:
                     last_seq = 0
                     if not self._healthy:

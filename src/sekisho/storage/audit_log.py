@@ -15,9 +15,9 @@ whole switch interval to get it back — about 600 rows a second instead of tens
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from functools import lru_cache
 from itertools import chain
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, Table, func, select, text
@@ -27,6 +27,7 @@ from sekisho.audit.chain import GENESIS, StoredRecord, link
 from sekisho.errors import StorageError
 from sekisho.storage.models import Base
 
+_NO_AUTOCHECKPOINT = "sekisho_no_autocheckpoint"  # connection.info key: pragma already set
 EVENTS: Table = Base.metadata.tables["audit_events"]
 HEAD: Table = Base.metadata.tables["audit_head"]
 ACTOR_MAX = 128
@@ -44,9 +45,13 @@ class PendingRecord(NamedTuple):
     search: search_columns.SearchColumns | None = None
 
 
-def _lock_head(connection: Connection) -> tuple[int, str]:
+def _lock_head(connection: Connection, autocheckpoint: bool = True) -> tuple[int, str]:
     """Begin the transaction holding the chain-head lock; return (last seq, last hash)."""
     if connection.dialect.name == "sqlite":
+        if not autocheckpoint and not connection.info.get(_NO_AUTOCHECKPOINT):
+            # Checkpoints are run by the writer's `WalCheckpointer`, not inside its commits.
+            connection.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
+            connection.info[_NO_AUTOCHECKPOINT] = True
         # The database-wide write lock, taken before we read the head, so no other writer can
         # read the same head between our read and our commit.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
@@ -77,12 +82,16 @@ def _check_no_records(connection: Connection) -> None:
             "while records exist; run `sekisho audit verify`", code="audit-head-missing")
 
 
-def append_batch(engine: Engine, items: Sequence[PendingRecord]) -> int:
-    """Append `items` in order, in one transaction; return the seq of the last one."""
+def append_batch(engine: Engine, items: Sequence[PendingRecord], *,
+                 autocheckpoint: bool = True) -> int:
+    """Append `items` in order, in one transaction; return the seq of the last one.
+
+    `autocheckpoint=False` (SQLite): this connection never checkpoints inside a commit; the
+    caller runs a `storage.checkpoint.WalCheckpointer`."""
     if not items:
         raise ValueError("append_batch needs at least one item")
     with engine.connect() as connection:
-        seq, prev = _lock_head(connection)
+        seq, prev = _lock_head(connection, autocheckpoint)
         # Rows go to the driver as plain tuples (`_insert`), times through the column type's
         # own bind processor: the per-row Core parameter handling was most of the audit
         # writer's CPU time.
@@ -129,7 +138,8 @@ def _insert(connection: Connection, table: str, columns: tuple[str, ...],
 @lru_cache(maxsize=256)
 def _statement(table: str, columns: tuple[str, ...], count: int, mark: str) -> str:
     row = "(" + ", ".join([mark] * len(columns)) + ")"
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([row] * count)
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "  # noqa: S608 (our constants)
+    return sql + ", ".join([row] * count)
 
 
 def _time_binder(connection: Connection) -> Callable[[datetime], Any]:
