@@ -95,6 +95,34 @@ def test_concurrent_lookups_share_one_storage_load(
     assert reads.count == 4
 
 
+def test_a_session_in_use_is_refreshed_ahead_without_a_request_waiting(
+        engine: Engine, manager: SessionManager, session: tuple[str, SessionInfo],
+        clock: Any) -> None:
+    token, info = session
+    reads = Reads(engine)
+
+    async def scenario() -> None:
+        assert await manager.lookup(token) is not None
+        assert reads.count == 1
+        clock.advance(SETTINGS.cache_ttl * 0.6)
+        hold = Hold(engine)  # the refresh stops right after reading the row
+        found = await asyncio.wait_for(manager.lookup(token), 5)  # answered while it reads
+        assert found is not None and found.session_id == info.session_id
+        await asyncio.wait_for(hold.reached(), 5)
+        assert reads.count == 2
+        hold.release.set()
+        for _ in range(500):
+            if not manager._loading:
+                break
+            await asyncio.sleep(0.01)
+        # Past the first entry's lifetime, the refreshed entry answers: no storage wait.
+        clock.advance(SETTINGS.cache_ttl * 0.6)
+        assert await manager.lookup(token) is not None
+        assert reads.count == 2
+
+    asyncio.run(scenario())
+
+
 def _revoke_elsewhere(engine: Engine, clock: Any) -> Callable[[SessionManager, str], None]:
     def evict(manager: SessionManager, session_id: str) -> None:
         SessionManager(engine, SETTINGS, clock=clock).revoke_id(session_id, "lost laptop")
