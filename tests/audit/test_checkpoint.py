@@ -55,8 +55,17 @@ def test_the_writer_commits_without_checkpointing_and_a_thread_checkpoints_besid
     assert len(pragmas) < 5
 
 
-def test_the_checkpointer_is_for_sqlite_only() -> None:
-    engine = create_database_engine("postgresql://nobody@127.0.0.1:1/none")
-    with pytest.raises(ValueError, match="SQLite"):
+@pytest.mark.parametrize("url", ["postgresql://nobody@127.0.0.1:1/none", "sqlite://"])
+def test_the_checkpointer_is_for_a_sqlite_file_only(url: str) -> None:
+    """Not PostgreSQL; not SQLite in memory either, where the pool shares one connection
+    between threads and the checkpointer's rollback would end the writer's transaction."""
+    engine = create_database_engine(url)
+    with pytest.raises(ValueError, match="SQLite database in a file"):
         WalCheckpointer(engine)
-    engine.dispose()
+    audit = AuditLog(engine)
+    audit.start()
+    try:
+        assert audit.checkpointer is None
+    finally:
+        audit.close()
+        engine.dispose()

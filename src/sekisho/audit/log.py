@@ -35,7 +35,7 @@ from sekisho.audit.columns import of_event
 from sekisho.audit.events import AuditEvent
 from sekisho.errors import SekishoError
 from sekisho.storage.audit_log import PendingRecord, append_batch, check_writable
-from sekisho.storage.checkpoint import WalCheckpointer
+from sekisho.storage.checkpoint import WalCheckpointer, has_wal
 
 log = logging.getLogger("sekisho.audit")
 
@@ -343,7 +343,7 @@ class AuditLog:
         if self._thread is not None:
             return
         self._open_lock()
-        if self._engine.dialect.name == "sqlite":
+        if has_wal(self._engine):
             self.checkpointer = WalCheckpointer(self._engine)
             self.checkpointer.start()
         self._thread = threading.Thread(target=self._run, name="sekisho-audit-writer",

@@ -20,12 +20,18 @@ from sqlalchemy import Engine
 log = logging.getLogger("sekisho.storage.checkpoint")
 
 
+def has_wal(engine: Engine) -> bool:
+    """A SQLite database in a file (in WAL mode: `storage.database`); not one in memory."""
+    database = engine.url.database
+    return engine.dialect.name == "sqlite" and bool(database) and database != ":memory:"
+
+
 class WalCheckpointer:
     """A daemon thread checkpointing one SQLite database in WAL mode."""
 
     def __init__(self, engine: Engine, interval: float = 0.25) -> None:
-        if engine.dialect.name != "sqlite":
-            raise ValueError("WAL checkpoints are a SQLite matter")
+        if not has_wal(engine):
+            raise ValueError("WAL checkpoints are for a SQLite database in a file")
         self._engine = engine
         self._interval = interval
         self._stop = threading.Event()
