@@ -113,7 +113,9 @@ def test_clock_is_injected(engine: Engine) -> None:
 
 
 def test_graceful_close_loses_nothing(engine: Engine, database_url: str) -> None:
-    log = AuditLog(engine, flush_interval=5.0, batch_max=100_000)
+    # The writer waits for close (flush 5 s); no lag limit may refuse what the loop records
+    # meanwhile, however slowly a loaded machine records 5,000 events.
+    log = AuditLog(engine, flush_interval=5.0, batch_max=100_000, max_lag=60.0)
     log.start()
     for n in range(5000):
         log.record(decision(n))
