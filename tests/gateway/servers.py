@@ -9,9 +9,11 @@ that talk to the gateway over real sockets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -20,8 +22,13 @@ import httptools
 import uvloop
 
 from sekisho.audit.events import AuditEvent
+from sekisho.config.model import ListenAddress
 from sekisho.errors import StorageError
+from sekisho.gateway.server import Gateway
+from sekisho.gateway.watch import LiveConnections
 from sekisho.identity.principal import SessionInfo
+from sekisho.storage import changes, users
+from sekisho.storage.changes import ChangeWatcher
 
 T = TypeVar("T")
 
@@ -231,3 +238,44 @@ class EchoUpstream:
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
+
+
+class WatchedStart:
+    """A real gateway with continuous evaluation (`LiveConnections`) fed by the real change
+    feed, started on `harness`, and user hanako in group staff — the feed caught up with that
+    set-up before a test begins. Shared by the WebSocket, TCP and screen-transfer kits."""
+
+    def __init__(self, harness: Harness, engine: Any, sessions: Any, audit: Any, keyring: Any,
+                 runtime: Callable[[], Any], **gateway_options: Any) -> None:
+        self.harness = harness
+        self.live = LiveConnections(runtime, sessions, audit)
+        self.gateway = Gateway(runtime, sessions, audit, keyring, {}, watch=self.live,
+                               **gateway_options)
+        sockets = harness.call(self.gateway.start([ListenAddress("127.0.0.1", 0)], None))
+        self.port: int = sockets[0].getsockname()[1]
+        self.feed = ChangeWatcher(engine, self.live.changed, self.live.resync)
+
+        async def start_feed() -> asyncio.Future[None]:
+            return asyncio.ensure_future(self.feed.run())
+
+        self.feed_task = harness.call(start_feed())
+        users.create_group(engine, "staff")
+        self.user = users.create_user(engine, "hanako")
+        users.add_member(engine, "staff", "hanako")
+        newest, deadline = changes.latest_id(engine), time.monotonic() + 5
+        while self.feed.last < newest:
+            assert time.monotonic() < deadline, "the change feed did not catch up"
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        """Feed, live connections, then the gateway (1 s grace), on the harness loop."""
+        self.feed.stop()
+
+        async def stop() -> None:
+            self.feed_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.feed_task
+            self.live.close()
+            await self.gateway.close(1.0)
+
+        self.harness.call(stop())

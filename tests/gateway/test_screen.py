@@ -6,7 +6,6 @@ read on the desktop with xclip, so a test sees what really crossed."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 import socket
@@ -26,19 +25,15 @@ from websockets.sync.client import ClientConnection, connect
 
 from sekisho.audit.events import AuditEvent, ScreenSessionEnded, ScreenSessionStarted
 from sekisho.audit.log import AuditUnavailable
-from sekisho.config.model import Config, ListenAddress, Route, ScreenOptions, SessionSettings
+from sekisho.config.model import Config, Route, ScreenOptions, SessionSettings
 from sekisho.gateway.keys import KeyRing
-from sekisho.gateway.server import Gateway
-from sekisho.gateway.watch import LiveConnections
 from sekisho.identity.sessions import SessionManager
 from sekisho.runtime import build_runtime
-from sekisho.storage import changes, users
 from sekisho.storage import sessions as session_store
-from sekisho.storage.changes import ChangeWatcher
 from sekisho.storage.database import create_database_engine, upgrade
 from sekisho.storage.keys import SigningKeyRepository
 
-from .servers import Harness, ListAudit
+from .servers import Harness, ListAudit, WatchedStart
 
 XVNC = shutil.which("Xvnc")
 XCLIP = shutil.which("xclip")
@@ -196,24 +191,10 @@ class ScreenGateway:
         settings = SessionSettings(recheck_interval=60.0, cookie_name=cookie)
         self.runtime = build_runtime(Config(source="<test>", routes=routes, policies=POLICIES,
                                             session=settings))
-        self.live = LiveConnections(lambda: self.runtime, self.sessions, self.audit)
-        self.gateway = Gateway(lambda: self.runtime, self.sessions, self.audit, keyring, {},
-                               watch=self.live)
-        sockets = self.harness.call(self.gateway.start([ListenAddress("127.0.0.1", 0)], None))
-        self.port = sockets[0].getsockname()[1]
-        self.feed = ChangeWatcher(self.engine, self.live.changed, self.live.resync)
-
-        async def start_feed() -> None:
-            self.feed_task = asyncio.ensure_future(self.feed.run())
-
-        self.harness.call(start_feed())
-        users.create_group(self.engine, "staff")
-        self.user = users.create_user(self.engine, "hanako")
-        users.add_member(self.engine, "staff", "hanako")
-        newest, deadline = changes.latest_id(self.engine), time.monotonic() + 5
-        while self.feed.last < newest:
-            assert time.monotonic() < deadline, "the change feed did not catch up"
-            time.sleep(0.01)
+        self.watched = WatchedStart(self.harness, self.engine, self.sessions, self.audit,
+                                    keyring, lambda: self.runtime)
+        self.live, self.gateway = self.watched.live, self.watched.gateway
+        self.port, self.feed, self.user = self.watched.port, self.watched.feed, self.watched.user
         self.token, _ = self.sessions.create(self.user, ["pwd"], "127.0.0.1", "test")
 
     def open(self, host: str = "desk.localhost", origin: str | None = None,
@@ -242,20 +223,7 @@ class ScreenGateway:
 
     def close(self) -> None:
         self.clients.close()
-        self.feed.stop()
-
-        async def stop_feed() -> None:
-            self.feed_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.feed_task
-
-        self.harness.call(stop_feed())
-
-        async def stop_live() -> None:
-            self.live.close()
-
-        self.harness.call(stop_live())
-        self.harness.call(self.gateway.close(1.0))
+        self.watched.stop()
         self.harness.stop()
         self.engine.dispose()
 

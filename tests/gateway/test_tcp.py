@@ -22,21 +22,17 @@ from sekisho.audit.events import AccessDecision, TcpClosed, TcpOpened
 from sekisho.cli._tcp_client import Gateway as TcpGateway
 from sekisho.cli._tcp_client import LocalListener, Refused, open_stream
 from sekisho.config import parse_config
-from sekisho.config.model import Config, ListenAddress, Networks, Route, SessionSettings
+from sekisho.config.model import Config, Networks, Route, SessionSettings
 from sekisho.config.problems import InvalidConfig
 from sekisho.gateway.keys import KeyRing
-from sekisho.gateway.server import Gateway
-from sekisho.gateway.watch import LiveConnections
 from sekisho.identity.cli_login import CliCredentials
 from sekisho.identity.sessions import SessionManager
 from sekisho.runtime import Runtime, build_runtime
-from sekisho.storage import changes, users
 from sekisho.storage import sessions as session_store
-from sekisho.storage.changes import ChangeWatcher
 from sekisho.storage.database import create_database_engine, upgrade
 from sekisho.storage.keys import SigningKeyRepository
 
-from .servers import Harness, ListAudit
+from .servers import Harness, ListAudit, WatchedStart
 
 POLICIES: dict[str, Any] = {
     "staff": {"allow": {"and": [{"group": ["staff"]}]}},
@@ -58,24 +54,11 @@ class TcpGatewayKit:
         self.echo_port = self.harness.call(self._start_echo())
         self.settings = settings
         self.runtime = self.build()
-        self.live = LiveConnections(lambda: self.runtime, self.sessions, self.audit)
-        self.gateway = Gateway(lambda: self.runtime, self.sessions, self.audit, keyring, {},
-                               watch=self.live, cli_credentials=self.credentials)
-        sockets = self.harness.call(self.gateway.start([ListenAddress("127.0.0.1", 0)], None))
-        self.port = sockets[0].getsockname()[1]
-        self.feed = ChangeWatcher(self.engine, self.live.changed, self.live.resync)
-
-        async def start_feed() -> None:
-            self.feed_task = asyncio.ensure_future(self.feed.run())
-
-        self.harness.call(start_feed())
-        users.create_group(self.engine, "staff")
-        self.user = users.create_user(self.engine, "hanako")
-        users.add_member(self.engine, "staff", "hanako")
-        newest, deadline = changes.latest_id(self.engine), time.monotonic() + 5
-        while self.feed.last < newest:
-            assert time.monotonic() < deadline, "the change feed did not catch up"
-            time.sleep(0.01)
+        self.watched = WatchedStart(self.harness, self.engine, self.sessions, self.audit,
+                                    keyring, lambda: self.runtime,
+                                    cli_credentials=self.credentials)
+        self.live, self.gateway = self.watched.live, self.watched.gateway
+        self.port, self.feed, self.user = self.watched.port, self.watched.feed, self.watched.user
 
     async def _start_echo(self) -> int:
         async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -148,17 +131,12 @@ class TcpGatewayKit:
         return self.events(kind)
 
     def close(self) -> None:
-        self.feed.stop()
+        self.watched.stop()
 
-        async def stop() -> None:
-            self.feed_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.feed_task
-            self.live.close()
-            await self.gateway.close(1.0)
+        async def stop_echo() -> None:
             self.echo_server.close()
 
-        self.harness.call(stop())
+        self.harness.call(stop_echo())
         self.harness.stop()
         self.engine.dispose()
 

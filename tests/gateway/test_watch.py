@@ -20,19 +20,16 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from sekisho.audit.events import AccessDecision, WebSocketClosed
-from sekisho.config.model import Config, ListenAddress, Route, SessionSettings
+from sekisho.config.model import Config, Route, SessionSettings
 from sekisho.gateway.keys import KeyRing
-from sekisho.gateway.server import Gateway
-from sekisho.gateway.watch import LiveConnections
 from sekisho.identity.sessions import SessionManager
 from sekisho.runtime import Runtime, build_runtime
-from sekisho.storage import changes, users
 from sekisho.storage import sessions as session_store
-from sekisho.storage.changes import ChangeWatcher
+from sekisho.storage import users
 from sekisho.storage.database import create_database_engine, upgrade
 from sekisho.storage.keys import SigningKeyRepository
 
-from .servers import Harness, ListAudit
+from .servers import Harness, ListAudit, WatchedStart
 
 POLICIES: dict[str, Any] = {
     "staff": {"allow": {"and": [{"group": ["staff"]}]}},
@@ -70,25 +67,10 @@ class WatchedGateway:
         self.upstream = self.harness.call(start_upstream())
         self.upstream_port = next(iter(self.upstream.sockets)).getsockname()[1]
         self.runtime = self.build(settings)
-        self.live = LiveConnections(lambda: self.runtime, self.sessions, self.audit)
-        self.gateway = Gateway(lambda: self.runtime, self.sessions, self.audit, keyring, {},
-                               watch=self.live)
-        sockets = self.harness.call(self.gateway.start([ListenAddress("127.0.0.1", 0)], None))
-        self.port = sockets[0].getsockname()[1]
-        self.feed = ChangeWatcher(self.engine, self.live.changed, self.live.resync)
-
-        async def start_feed() -> None:
-            self.feed_task = asyncio.ensure_future(self.feed.run())
-
-        self.harness.call(start_feed())
-        users.create_group(self.engine, "staff")
-        self.user = users.create_user(self.engine, "hanako")
-        users.add_member(self.engine, "staff", "hanako")
-        # The feed has seen the set-up's own changes before a test starts.
-        newest, deadline = changes.latest_id(self.engine), time.monotonic() + 5
-        while self.feed.last < newest:
-            assert time.monotonic() < deadline, "the change feed did not catch up"
-            time.sleep(0.01)
+        self.watched = WatchedStart(self.harness, self.engine, self.sessions, self.audit,
+                                    keyring, lambda: self.runtime)
+        self.live, self.gateway = self.watched.live, self.watched.gateway
+        self.port, self.feed, self.user = self.watched.port, self.watched.feed, self.watched.user
 
     def build(self, settings: SessionSettings, policy: str = "staff",
               routes: tuple[Route, ...] | None = None) -> Runtime:
@@ -135,16 +117,7 @@ class WatchedGateway:
 
     def close(self) -> None:
         self.clients.close()
-        self.feed.stop()
-
-        async def stop_feed() -> None:
-            self.feed_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.feed_task
-
-        self.harness.call(stop_feed())
-        self.on_loop(self.live.close)
-        self.harness.call(self.gateway.close(1.0))
+        self.watched.stop()
 
         async def stop_upstream() -> None:
             self.upstream.close()
