@@ -59,16 +59,19 @@ def test_durable_ack_batching_order_and_graceful_close(engine: Engine, tmp_path:
         relay = AuditRelay(path)
         await relay.start()
         await wait_until(lambda: relay.healthy)
-        for n in range(300):  # one loop iteration: one frame
+        for n in range(300):  # several loop iterations within `send_delay`: one frame
             relay.record(decision(n))
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+            if n % 50 == 0:
+                await asyncio.sleep(0)
+        assert relay.batches == 0  # gathering, not one frame per loop iteration
+        await wait_until(lambda: relay.batches)
         assert relay.batches == 1
         await relay.append(signin("suzuki"))  # returns once committed
         records = list(iter_records(engine))
         assert len(records) == 301 and '"user":"suzuki"' in records[-1].body
-        for n in range(300, 500):
+        for n in range(300, 1400):  # past `send_max`: sent at once, not held back
             relay.record(decision(n))
+        assert relay.batches == 1 + 1100 // relay.send_max
         await relay.close()  # graceful: everything handed over is acknowledged
         await server.close()
         assert not os.path.exists(path)
@@ -79,7 +82,7 @@ def test_durable_ack_batching_order_and_graceful_close(engine: Engine, tmp_path:
     assert verify(records, head=read_head(engine)).ok
     paths = [r.body.split('"path":"', 1)[1].split('"', 1)[0] for r in records
              if r.event_type == "access.decision"]
-    assert paths == [f"/n/{n}" for n in range(500)]  # none lost, in order
+    assert paths == [f"/n/{n}" for n in range(1400)]  # none lost, in order
 
 
 def test_master_gone_refuses_then_reconnects(engine: Engine, tmp_path: Path) -> None:

@@ -3,16 +3,19 @@
 With `server.workers: N > 1` each worker used to run its own `AuditLog` writer thread, whose
 hashing and database work took the worker's GIL from its event loop (tail latency). Instead a
 worker's `AuditRelay` serialises each event on the loop (the same `_fast_body` as
-`AuditLog.record`), gathers the events of one loop iteration and sends them in one frame; the
+`AuditLog.record`), gathers the events of `send_delay` (5 ms) and sends them in one frame; the
 master's `AuditRelayServer` hands them to the installation's single `AuditLog` (group commit,
-chain) and acknowledges each frame once it is committed.
+chain) and acknowledges each frame once it is committed. Gathering across loop iterations,
+not per iteration, matters on a busy machine: every frame wakes the master and is answered by
+an acknowledgement that wakes the worker; a frame per 5 ms instead of per iteration cut the
+master's CPU per event by about a third (docs/benchmarks.md).
 
 Fail closed: a worker's relay is `healthy` only while it is connected, the master reports its
 log healthy (a status frame every `status_interval`) and no frame has waited longer than
 `ack_timeout` for its acknowledgement; otherwise `record`/`append` raise `AuditUnavailable`
 and the gateway answers 503. A lost connection is re-dialled; events not yet sent are kept
-for the new connection. Loss on `kill -9`: a worker loses the events of its current loop
-iteration (not yet sent); the master loses what its `AuditLog` had not committed (≤ 1 s).
+for the new connection. Loss on `kill -9`: a worker loses the events of its last `send_delay`
+(not yet sent); the master loses what its `AuditLog` had not committed (≤ 1 s).
 
 Frames both ways: a 13-byte header (payload length u32, kind u8, frame id u64) and a payload.
 Worker → master: `B` a batch of access decisions, `D` one durable event; each record is one
@@ -99,6 +102,8 @@ class AuditRelay(asyncio.Protocol):
     """A worker's `sekisho.services.AuditSink`: events go to the master's single writer."""
 
     ack_timeout = 1.0  # seconds a frame may wait for its acknowledgement before we refuse
+    send_delay = 0.005  # seconds events gather before they are sent in one frame
+    send_max = 512  # events that are sent at once, without waiting for the delay
     durable_timeout = 30.0  # as `AuditLog.append_sync`
     reconnect_delay = 0.2
     unsent_max = 100_000  # events kept while disconnected; beyond, the relay refuses
@@ -112,7 +117,7 @@ class AuditRelay(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._lines: list[str] = []
-        self._flush_scheduled = False
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._next_id = 1
         # frame id → (sent at, the durable caller's future or None), in send order
         self._outstanding: dict[int, tuple[float, asyncio.Future[None] | None]] = {}
@@ -131,14 +136,16 @@ class AuditRelay(asyncio.Protocol):
         return self._ok
 
     def record(self, event: AuditEvent) -> None:
-        """Serialise the event and send it with this loop iteration's others; never blocks."""
+        """Serialise the event and send it with the others of `send_delay`; never blocks."""
         if not self._ok:
             raise AuditUnavailable(_UNAVAILABLE + " (relay)")
-        self._lines.append(line_of(event, self._now()))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
+        lines = self._lines
+        lines.append(line_of(event, self._now()))
+        if len(lines) >= self.send_max:
+            self._flush()
+        elif self._flush_timer is None:
             assert self._loop is not None
-            self._loop.call_soon(self._flush)
+            self._flush_timer = self._loop.call_later(self.send_delay, self._flush)
 
     async def append(self, event: AuditEvent) -> None:
         """Returns once the master has committed the event; raises AuditUnavailable if not."""
@@ -259,7 +266,9 @@ class AuditRelay(asyncio.Protocol):
     # -- internals ----------------------------------------------------------------------------
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         if not self._lines or self._transport is None:
             return
         lines, self._lines = self._lines, []
