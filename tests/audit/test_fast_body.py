@@ -17,7 +17,7 @@ import pytest
 from sekisho.audit import events
 from sekisho.audit.chain import canonical_json, format_time
 from sekisho.audit.events import AccessDecision, AuditEvent
-from sekisho.audit.log import _fast_body, _fields_of, utc_text
+from sekisho.audit.log import _access_body, _fast_body, _fields_of, utc_text
 
 AWKWARD = ["", "plain", 'quote " and \\ backslash', "改行\nタブ\t制御\x01\x7f", "🏯 関所",
            "\u2028\u2029", "</script>", "-1"]
@@ -70,3 +70,42 @@ def test_utc_text_matches_format_time() -> None:
     for step in range(2000):
         moment += timedelta(seconds=37_777, microseconds=step * 101)
         assert utc_text(moment) == format_time(moment)
+
+
+class _Text(str):
+    """A str subclass: JSON encodes it as the string it is."""
+
+
+@pytest.mark.parametrize("text", AWKWARD)
+def test_the_written_out_access_body_is_the_canonical_body(text: str) -> None:
+    moment = datetime(2024, 4, 1, 9, 30, 5, 123, tzinfo=UTC)
+    when = utc_text(moment)
+    for number, duration in ((0, 0.0), (-3, 1e-7), (2**70, 12345.678), (200, -0.5)):
+        event = AccessDecision(route=text, user=text[::-1], decision="deny",
+                               reasons=(text, "group-unauthorized"), source_ip=_Text(text),
+                               method="GET", path="/" + text, status=number, bytes_in=number,
+                               bytes_out=number + 1, duration_ms=duration, session=text)
+        body = _access_body(event, when)
+        assert body is not None  # the written-out path, not the plan
+        assert body == canonical_json(event.event_type, moment, _fields_of(event))
+
+
+@pytest.mark.parametrize("change", [
+    {"status": True}, {"bytes_in": 1.0}, {"bytes_out": False}, {"duration_ms": 3},
+    {"duration_ms": float("nan")}, {"duration_ms": float("inf")}, {"reasons": ["a"]},
+    {"reasons": ("a", 1)}, {"user": None}, {"route": 5}, {"path": b"/"},
+])
+def test_the_written_out_access_body_leaves_unusual_values_to_the_plan(
+        change: dict[str, Any]) -> None:
+    event = dataclasses.replace(AccessDecision(
+        route="r", user="u", decision="allow", reasons=("ok",), source_ip="192.0.2.1",
+        method="GET", path="/", status=200, bytes_in=0, bytes_out=1, duration_ms=0.5), **change)
+    assert _access_body(event, "2024-04-01T00:00:00.000000Z") is None
+    moment = datetime(2024, 4, 1, tzinfo=UTC)
+    try:
+        expected = canonical_json(event.event_type, moment, _fields_of(event))
+    except (TypeError, ValueError):
+        with pytest.raises((TypeError, ValueError)):
+            _fast_body(event, moment)
+    else:
+        assert _fast_body(event, moment) == expected

@@ -32,7 +32,7 @@ from sqlalchemy import Engine
 
 from sekisho.audit.chain import RESERVED_KEYS, canonical_json
 from sekisho.audit.columns import of_event
-from sekisho.audit.events import AuditEvent
+from sekisho.audit.events import AccessDecision, AuditEvent
 from sekisho.errors import SekishoError
 from sekisho.storage.audit_log import PendingRecord, append_batch, check_writable
 from sekisho.storage.checkpoint import WalCheckpointer, has_wal
@@ -96,16 +96,21 @@ def utc_text(moment: datetime) -> str:
             f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}Z")
 
 
-def _fast_body(event: AuditEvent, occurred_at: datetime) -> str:
+def _fast_body(event: AuditEvent, occurred_at: datetime, when: str = "") -> str:
     """`canonical_json` of the event, byte for byte, built from a per-class plan.
 
     Handles the value types events use (str, int, float, bool, None, tuples of str); any
     other value falls back to `canonical_json`, so the result is always the canonical body.
+    `when` is `utc_text(occurred_at)` when the caller has it already.
     """
+    if type(event) is AccessDecision:
+        body = _access_body(event, when or utc_text(occurred_at))
+        if body is not None:
+            return body
     parts: list[str] = []
     for prefix, name in _plan(type(event)):
         if not name:
-            text = '"' + utc_text(occurred_at) + '"'
+            text = '"' + (when or utc_text(occurred_at)) + '"'
         else:
             value: Any = getattr(event, name) if name != "event_type" else event.event_type
             kind = type(value)
@@ -125,6 +130,38 @@ def _fast_body(event: AuditEvent, occurred_at: datetime) -> str:
         parts.append(text)
     parts.append("}")
     return "".join(parts)
+
+
+# The canonical body of an access decision, keys in sorted order (see `_access_body`).
+_ACCESS_BODY = (
+    '{"bytes_in":%d,"bytes_out":%d,"decision":%s,"duration_ms":%r,'
+    '"event_type":"access.decision","method":%s,"occurred_at":"%s","path":%s,"reasons":[%s],'
+    '"route":%s,"session":%s,"source_ip":%s,"status":%d,"user":%s}')
+
+
+def _access_body(event: AccessDecision, when: str) -> str | None:
+    """`_fast_body` of the event every request records, written out: the plan's loop and its
+    per-value dispatch were a third of the time a worker spent recording a request. None
+    when a value is not of its declared type (the plan then decides, as for any event).
+
+    Text fields need no type check: `_quote` refuses anything but a string (TypeError), and
+    encodes a string exactly as the canonical encoder does. Numbers do: `%d` would print a
+    bool as 1 where JSON says true."""
+    status, bytes_in, bytes_out, duration = (event.status, event.bytes_in, event.bytes_out,
+                                             event.duration_ms)
+    reasons = event.reasons
+    if not (type(status) is int and type(bytes_in) is int and type(bytes_out) is int
+            and type(duration) is float and duration - duration == 0.0  # finite: no NaN, ±inf
+            and type(reasons) is tuple):
+        return None
+    quote = _quote
+    try:
+        return _ACCESS_BODY % (
+            bytes_in, bytes_out, quote(event.decision), duration, quote(event.method), when,
+            quote(event.path), ",".join(map(quote, reasons)), quote(event.route),
+            quote(event.session), quote(event.source_ip), status, quote(event.user))
+    except TypeError:
+        return None
 
 
 def _settle(future: concurrent.futures.Future[int], outcome: int | BaseException) -> None:

@@ -82,13 +82,14 @@ def _frames(buffer: bytearray) -> list[tuple[int, int, bytes]]:
 def line_of(event: AuditEvent, occurred_at: datetime) -> str:
     """The wire form of one event: its canonical body, final, plus its search columns."""
     if occurred_at.tzinfo is UTC:
-        body = _fast_body(event, occurred_at)
+        when = utc_text(occurred_at)
+        body = _fast_body(event, occurred_at, when)
     else:
         occurred_at = (occurred_at.replace(tzinfo=UTC) if occurred_at.tzinfo is None
                        else occurred_at.astimezone(UTC))
+        when = utc_text(occurred_at)
         body = canonical_json(event.event_type, occurred_at, _fields_of(event))
-    return (event.event_type + "\t" + utc_text(occurred_at) + "\t" + _quote(event.actor) + "\t"
-            + body)
+    return event.event_type + "\t" + when + "\t" + _quote(event.actor) + "\t" + body
 
 
 def record_of(line: str) -> PendingRecord:
