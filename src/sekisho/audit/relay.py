@@ -8,7 +8,7 @@ master's `AuditRelayServer` hands them to the installation's single `AuditLog` (
 chain) and acknowledges each frame once it is committed. Gathering across loop iterations,
 not per iteration, matters on a busy machine: every frame wakes the master and is answered by
 an acknowledgement that wakes the worker; a frame per 5 ms instead of per iteration cut the
-master's CPU per event by about a third (docs/benchmarks.md).
+master's CPU per event by about 45 % (docs/benchmarks.md).
 
 Fail closed: a worker's relay is `healthy` only while it is connected, the master reports its
 log healthy (a status frame every `status_interval`) and no frame has waited longer than
