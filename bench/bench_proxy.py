@@ -219,7 +219,8 @@ def worker(spec_path: str, port: int, profile: str | None, relay: str | None = N
     local = AuditLog(engine) if relay is None else None
     if local is not None:
         local.start()
-    sessions = SessionManager(engine, SessionSettings())
+    # bench_instructions sets the session cache TTL (`session.cache_ttl`) in the spec.
+    sessions = SessionManager(engine, SessionSettings(cache_ttl=spec.get("cache_ttl", 1.0)))
 
     async def run() -> None:
         audit: AuditSink

@@ -7,7 +7,8 @@ Caddy with wrk) and mTLS (handshakes vs plain TLS; keep-alive throughput vs the 
 baseline through an nginx TLS client), connector tunnel (vs plain loopback TCP) and the
 connector decoder fuzz (1,000,000 inputs) and staff portal (1,000 routes, 10,000 users;
 vs the portal's CSS on the same gateway) and TCP access (`sekisho tcp` direct and via a
-connector vs `ssh -L`) benchmarks in turn and writes the combined figures to
+connector vs `ssh -L`) and instructions per proxied request (callgrind; vs an nginx proxy
+and a minimal Python proxy) benchmarks in turn and writes the combined figures to
 bench/results/. `scripts/bench-deps` (run by `make bench`) installs wrk, nginx and Caddy.
 Copy the summary into docs/benchmarks.md together with this command.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHES = ("bench_pdp", "bench_pdp_device", "bench_audit", "bench_audit_search", "bench_mfa",
            "bench_webauthn", "bench_proxy", "bench_mtls", "bench_connector_channel",
-           "fuzz_connector", "bench_portal", "bench_tcp")
+           "fuzz_connector", "bench_portal", "bench_tcp", "bench_instructions")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,286 @@
+"""Instructions per proxied request: one Sekisho worker against one nginx proxy, under callgrind.
+
+    python bench/bench_instructions.py [--requests 1000]
+
+Throughput on a shared 2-core machine moves by ±20 % with the neighbours' load, which hides
+a change worth 5 %. Instructions do not move: valgrind's callgrind counts the user-space
+instructions a process executes, the same for the same work whatever else the machine does.
+So each proxy runs under callgrind (about 50× slower), one keep-alive client sends
+`--requests` requests after a warm-up, and the count is read for exactly those requests
+(`callgrind_control` zeroes the counters before and dumps them after). Kernel work (the
+send and receive system calls) is not counted: this measures our own code, not the I/O.
+
+- nginx: a reverse proxy to the same upstream (one process: `master_process off`), upstream
+  keep-alive;
+- the Python floor: the least an HTTP proxy in Python does — uvloop, httptools parsing the
+  request and the response, a pooled upstream connection, callbacks only (`--floor`, below);
+  no routing, identity, policy or audit;
+- Sekisho: a worker as `sekisho serve` runs it with several workers (signed-in session, group
+  policy, assertion, access decision relayed to the audit master — the master runs outside
+  callgrind and is not counted; the relay's share in the worker is).
+
+Two windows (N and 2N requests) are measured in each process and their difference divided
+by N, so what does not grow with the requests (the dump itself) cancels. Wall-clock timers
+(the relay's status ticks) still add a little: under callgrind a request takes milliseconds.
+`main(argv) -> dict` returns the figures for bench/run.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import bench_proxy as proxy
+
+from sekisho.config.build import MAX_CACHE_TTL
+
+VALGRIND = "/usr/bin/valgrind"
+CONTROL = "/usr/bin/callgrind_control"
+WARM_UP = 300
+
+
+def callgrind(command: list[str], out: Path, env: dict[str, str] | None = None
+              ) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([VALGRIND, "--tool=callgrind", f"--callgrind-out-file={out}",
+                             *command], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+class Client:
+    """One keep-alive connection sending the same request and reading whole answers."""
+
+    def __init__(self, port: int, headers: str, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        self.request = f"GET / HTTP/1.1\r\nHost: {proxy.HOST}\r\n{headers}\r\n".encode()
+
+    def send(self, count: int) -> None:
+        body = proxy.BODY.encode()
+        for _ in range(count):
+            self.sock.sendall(self.request)
+            data = b""
+            while not data.endswith(body):
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise RuntimeError("the proxy closed the connection")
+                data += chunk
+            if not data.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"not a 200: {data[:120]!r}")
+
+
+def dump_total(pid: int, out: Path, index: int) -> int:
+    """Dump the counters of `pid` (dump number `index`) and return its instruction total."""
+    subprocess.run([CONTROL, "-d", str(pid)], check=True, capture_output=True)
+    path = Path(f"{out}.{index}")
+    deadline = time.monotonic() + 60
+    while True:
+        if path.exists():
+            for line in path.read_text(errors="replace").splitlines():
+                if line.startswith("summary:"):
+                    return int(line.split()[1])
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"callgrind wrote no dump {path}")
+        time.sleep(0.2)
+
+
+def per_request(process: subprocess.Popen[bytes], out: Path, client: Client,
+                requests: int) -> float:
+    """Instructions per request: windows of N and 2N requests, difference over N."""
+    client.send(WARM_UP)
+    totals = []
+    for index, count in enumerate((requests, 2 * requests), start=1):
+        subprocess.run([CONTROL, "-z", str(process.pid)], check=True, capture_output=True)
+        client.send(count)
+        totals.append(dump_total(process.pid, out, index))
+    return (totals[1] - totals[0]) / requests
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def floor(port: int, upstream: int) -> None:
+    """The Python floor: parse, forward on a pooled connection, parse, answer."""
+    import asyncio
+
+    import httptools
+    import uvloop
+
+    idle: list[FloorUpstream] = []
+
+    class FloorUpstream(asyncio.Protocol):
+        def __init__(self, client: FloorClient) -> None:
+            self.client = client
+            self.parser = httptools.HttpResponseParser(self)
+            self.parts = [b""]  # the status line first, once the head is parsed
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_message_begin(self) -> None:
+            self.parts = [b""]
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            if name.lower() not in (b"connection", b"keep-alive"):
+                self.parts += (name, b": ", value, b"\r\n")
+
+        def on_headers_complete(self) -> None:
+            self.parts[0] = b"HTTP/1.1 %d OK\r\n" % self.parser.get_status_code()
+            self.parts.append(b"\r\n")
+
+        def on_body(self, body: bytes) -> None:
+            self.parts.append(body)
+
+        def on_message_complete(self) -> None:
+            self.client.transport.write(b"".join(self.parts))  # type: ignore[attr-defined]
+            idle.append(self)
+
+    class FloorClient(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+            self.parser = httptools.HttpRequestParser(self)
+            self.url = b""
+            self.parts: list[bytes] = []
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_url(self, url: bytes) -> None:
+            self.url += url
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.parts += (name, b": ", value, b"\r\n")
+
+        def on_message_complete(self) -> None:
+            head = b"".join([self.parser.get_method(), b" ", self.url, b" HTTP/1.1\r\n",
+                             *self.parts, b"X-Forwarded-For: 127.0.0.1\r\n\r\n"])
+            self.url, self.parts = b"", []
+            if idle:
+                connection = idle.pop()
+                connection.client = self
+                connection.transport.write(head)  # type: ignore[attr-defined]
+            else:
+                asyncio.get_running_loop().create_task(self.dial(head))
+
+        async def dial(self, head: bytes) -> None:
+            _, connection = await asyncio.get_running_loop().create_connection(
+                lambda: FloorUpstream(self), "127.0.0.1", upstream)
+            connection.transport.write(head)  # type: ignore[attr-defined]
+
+    async def serve() -> None:
+        server = await asyncio.get_running_loop().create_server(FloorClient, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    uvloop.run(serve())
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--floor", nargs=2, type=int, metavar=("PORT", "UPSTREAM"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.floor:
+        floor(*args.floor)
+        return {}
+    for tool in (VALGRIND, CONTROL, proxy.NGINX):
+        if not os.path.exists(tool):
+            raise SystemExit(f"{tool} is missing (scripts/bench-deps installs it)")
+    results: dict[str, Any] = {"requests": args.requests}
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="sekisho-instr-") as name:
+        tmp = Path(name)
+        try:
+            upstream = proxy.free_port()
+            procs.append(proxy.start_nginx(proxy.nginx_conf(tmp, "upstream", upstream,
+                                                            proxy.BODY)))
+            proxy.wait_port(upstream)
+
+            port = proxy.free_port()
+            conf = proxy.nginx_conf(tmp, "proxy", port, f"proxy:{upstream}")
+            out = tmp / "nginx.cg"
+            nginx = callgrind([proxy.NGINX, "-p", str(conf.parent), "-c", str(conf), "-g",
+                               "daemon off; master_process off;"], out)
+            try:
+                results["nginx"] = per_request(nginx, out, Client(port, ""), args.requests)
+            finally:
+                stop(nginx)
+
+            port = proxy.free_port()
+            out = tmp / "floor.cg"
+            python_floor = callgrind([sys.executable, __file__, "--floor", str(port),
+                                      str(upstream)], out)
+            try:
+                results["python_floor"] = per_request(python_floor, out, Client(port, ""),
+                                                      args.requests)
+            finally:
+                stop(python_floor)
+
+            _, token, spec = proxy.prepare_sekisho(tmp, upstream)
+            # The session cache is refreshed every half TTL by the clock, not per request;
+            # under callgrind a request takes milliseconds, so with the default TTL (1 s)
+            # those loads would land in the counts. The largest TTL allowed (60 s) keeps them
+            # out (a production gateway amortises them over thousands of requests a second).
+            spec.write_text(json.dumps({**json.loads(spec.read_text()),
+                                        "cache_ttl": MAX_CACHE_TTL}))
+            env = {**os.environ,
+                   "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+            relay = str(tmp / "audit.sock")
+            master = subprocess.Popen([sys.executable, proxy.__file__, "--audit-master",
+                                       str(spec), "--relay", relay], env=env)
+            procs.append(master)
+            deadline = time.monotonic() + 30
+            while not os.path.exists(relay):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the audit master did not start")
+                time.sleep(0.05)
+            port = proxy.free_port()
+            out = tmp / "sekisho.cg"
+            worker = callgrind([sys.executable, proxy.__file__, "--worker", str(spec),
+                                "--port", str(port), "--relay", relay], out, env)
+            try:
+                client = Client(port, f"Cookie: __Host-sekisho={token}\r\n")
+                results["sekisho"] = per_request(worker, out, client, args.requests)
+            finally:
+                stop(worker)
+        finally:
+            for process in procs[::-1]:
+                stop(process)
+    results["ratio_nginx"] = round(results["sekisho"] / results["nginx"], 1)
+    results["ratio_floor"] = round(results["sekisho"] / results["python_floor"], 1)
+    print(f"\ninstructions per request (user space, callgrind, {args.requests} requests):")
+    print(f"  nginx reverse proxy   {results['nginx']:>10,.0f}")
+    print(f"  Python floor          {results['python_floor']:>10,.0f}")
+    print(f"  Sekisho worker        {results['sekisho']:>10,.0f}   "
+          f"({results['ratio_nginx']}× nginx, {results['ratio_floor']}× the Python floor)")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
