@@ -108,6 +108,28 @@ def test_path_confusion(gw: GatewayUnderTest, path: str, status: int) -> None:
     assert all(not r.url.startswith(b"/denied") for r in gw.upstream.requests)
 
 
+def test_remembered_targets_decide_as_the_first_time(gw: GatewayUnderTest) -> None:
+    # Normalised targets are remembered: a repeated confusing path must be refused again,
+    # an allowed one allowed again, and the memo must not grow with what clients send.
+    for _ in range(3):
+        assert gw.request("GET", "/x/%2e%2e/denied")[0] == 403
+        assert gw.request("GET", "/x%2f..%2fdenied")[0] == 400
+        assert gw.request("GET", "/hello")[0] == 200
+    assert all(not r.url.startswith(b"/denied") for r in gw.upstream.requests)
+    long_path = "/" + "a" * 300
+    assert gw.request("GET", long_path)[0] == 200
+    memo = gw.gateway._targets
+    assert all(len(raw) <= 256 for raw, _ in memo) and (long_path.encode(), HOST) not in memo
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        for n in range(1100):  # one keep-alive connection, a new path each time
+            sock.sendall(f"GET /n{n} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+            answer = b""
+            while not answer.endswith(b"\r\n\r\n"):  # a redirect: head only, no body
+                answer += sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 302")
+    assert len(memo) <= 1024
+
+
 def test_ambiguous_allowed_when_route_opts_in(gw: GatewayUnderTest) -> None:
     status, _, body = gw.request("GET", "/a%2Fb;c", host="raw.localhost", token=None)
     assert status == 200 and echoed(body)["target"] == "/a%2Fb;c"

@@ -66,6 +66,11 @@ JWKS_PATH = "/.well-known/sekisho/jwks.json"
 _HOST_RE = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9.\-]+)(:[0-9]{1,5})?$")
 KEY_RELOAD_INTERVAL = 60.0
 _HOSTS_MAX = 1024  # raw Host values remembered; more only miss the cache (same result)
+# Normalised request-targets remembered, per (raw target, host): the same few paths arrive
+# again and again. Only short targets, so the memo stays small (1,024 × 256 bytes at most);
+# a miss computes the identical `Target`, and errors are never remembered.
+_TARGETS_MAX = 1024
+_TARGET_BYTES_MAX = 256
 METRICS_FLUSH_INTERVAL = 1.0  # /metrics lags the request path by at most this (operations.md)
 
 
@@ -122,6 +127,7 @@ class Gateway:
         self._assertion_header = b""
         # Raw Host value -> (lower-cased header, host without port), or None when invalid.
         self._hosts: dict[bytes, tuple[str, str] | None] = {}
+        self._targets: dict[tuple[bytes, str], Target] = {}
         self.audit_failures = 0
         self._audit_warned_at = 0.0
 
@@ -213,6 +219,12 @@ class Gateway:
             self._hosts[raw] = parsed
         return parsed
 
+    def _normalise(self, raw: bytes, host: str) -> Target:
+        target = normalise(raw, host)
+        if len(raw) <= _TARGET_BYTES_MAX and len(self._targets) < _TARGETS_MAX:
+            self._targets[raw, host] = target
+        return target
+
     def _origin(self, runtime: Runtime, route: Route) -> Origin:
         if self._origin_runtime is not runtime:
             self._origins, self._origin_runtime = {}, runtime
@@ -280,10 +292,12 @@ class Gateway:
         if parsed is None:
             return self.page(conn, exchange, 400)[0]
         host_header, host = parsed
-        try:
-            target = normalise(exchange.url, host)
-        except InvalidTarget:
-            return self.page(conn, exchange, 400)[0]
+        target = self._targets.get((exchange.url, host))
+        if target is None:
+            try:
+                target = self._normalise(exchange.url, host)
+            except InvalidTarget:
+                return self.page(conn, exchange, 400)[0]
         # The portal host (`portal.host`) serves Sekisho's own pages even without a route.
         if not runtime.routes.has_host(host) and host != config.portal.host:
             return self.page(conn, exchange, 404)[0]
