@@ -58,3 +58,26 @@ def test_runtime_refuses_missing_policy() -> None:
         Route(id="r", host="a.jp", path_prefix="/", to="http://u", policy="p"),),
         policies={"p": {"allow": {"and": [{"always": True}]}}}))
     assert ok.routes.match("a.jp", "/x") is not None and "p" in ok.policies
+
+
+def test_a_failed_exchange_nobody_awaits_logs_nothing_and_an_awaiter_still_raises(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+    import gc
+
+    from sekisho.gateway.upstream import UpstreamError, _fail
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        abandoned: asyncio.Future[None] = loop.create_future()
+        _fail(abandoned, UpstreamError("upstream closed mid-response", started=True))
+        del abandoned  # the client left first: nobody will await it
+        gc.collect()
+        awaited: asyncio.Future[None] = loop.create_future()
+        loop.call_soon(_fail, awaited, UpstreamError("upstream read timeout", timeout=True))
+        with pytest.raises(UpstreamError, match="timeout"):
+            await awaited
+
+    with caplog.at_level("ERROR", logger="asyncio"):
+        asyncio.run(scenario())
+    assert "never retrieved" not in caplog.text
