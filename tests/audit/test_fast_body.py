@@ -70,6 +70,10 @@ def test_utc_text_matches_format_time() -> None:
     for step in range(2000):
         moment += timedelta(seconds=37_777, microseconds=step * 101)
         assert utc_text(moment) == format_time(moment)
+    for edge in (datetime(2026, 1, 1, tzinfo=UTC), datetime(1000, 3, 4, 5, 6, 7, 8, tzinfo=UTC),
+                 datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)):
+        assert utc_text(edge) == format_time(edge)  # no fraction dropped
+        assert utc_text(edge.replace(tzinfo=None)) == format_time(edge)  # naive: taken as UTC
 
 
 class _Text(str):
