@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -109,16 +108,6 @@ def per_request(process: subprocess.Popen[bytes], out: Path, client: Client,
         client.send(count)
         totals.append(dump_total(process.pid, out, index))
     return (totals[1] - totals[0]) / requests
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def floor(port: int, upstream: int) -> None:
@@ -230,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             try:
                 results["nginx"] = per_request(nginx, out, Client(port, ""), args.requests)
             finally:
-                stop(nginx)
+                proxy.stop([nginx])
 
             port = proxy.free_port()
             out = tmp / "floor.cg"
@@ -240,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 results["python_floor"] = per_request(python_floor, out, Client(port, ""),
                                                       args.requests)
             finally:
-                stop(python_floor)
+                proxy.stop([python_floor])
 
             _, token, spec = proxy.prepare_sekisho(tmp, upstream)
             # The session cache is refreshed every half TTL by the clock, not per request;
@@ -268,10 +257,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 client = Client(port, f"Cookie: __Host-sekisho={token}\r\n")
                 results["sekisho"] = per_request(worker, out, client, args.requests)
             finally:
-                stop(worker)
+                proxy.stop([worker])
         finally:
-            for process in procs[::-1]:
-                stop(process)
+            proxy.stop(procs)
     results["ratio_nginx"] = round(results["sekisho"] / results["nginx"], 1)
     results["ratio_floor"] = round(results["sekisho"] / results["python_floor"], 1)
     print(f"\ninstructions per request (user space, callgrind, {args.requests} requests):")
