@@ -103,14 +103,15 @@ def _fast_body(event: AuditEvent, occurred_at: datetime, when: str = "") -> str:
     other value falls back to `canonical_json`, so the result is always the canonical body.
     `when` is `utc_text(occurred_at)` when the caller has it already.
     """
+    when = when or utc_text(occurred_at)
     if type(event) is AccessDecision:
-        body = _access_body(event, when or utc_text(occurred_at))
+        body = _access_body(event, when)
         if body is not None:
             return body
     parts: list[str] = []
     for prefix, name in _plan(type(event)):
         if not name:
-            text = '"' + (when or utc_text(occurred_at)) + '"'
+            text = '"' + when + '"'
         else:
             value: Any = getattr(event, name) if name != "event_type" else event.event_type
             kind = type(value)
