@@ -226,6 +226,7 @@ def worker(spec_path: str, port: int, profile: str | None, relay: str | None = N
         audit: AuditSink
         if relay is not None:
             audit = forward = AuditRelay(relay)
+            forward.send_delay = spec.get("send_delay", forward.send_delay)  # bench_instructions
             await forward.start()
         else:
             assert local is not None

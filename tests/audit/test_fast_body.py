@@ -17,7 +17,8 @@ import pytest
 from sekisho.audit import events
 from sekisho.audit.chain import canonical_json, format_time
 from sekisho.audit.events import AccessDecision, AuditEvent
-from sekisho.audit.log import _access_body, _fast_body, _fields_of, utc_text
+from sekisho.audit.log import UtcClockText, _access_body, _fast_body, _fields_of, utc_text
+from sekisho.audit.relay import line_at, line_of
 
 AWKWARD = ["", "plain", 'quote " and \\ backslash', "改行\nタブ\t制御\x01\x7f", "🏯 関所",
            "\u2028\u2029", "</script>", "-1"]
@@ -113,3 +114,32 @@ def test_the_written_out_access_body_leaves_unusual_values_to_the_plan(
             _fast_body(event, moment)
     else:
         assert _fast_body(event, moment) == expected
+
+
+def test_the_clock_text_is_utc_text_of_the_same_moment() -> None:
+    """`UtcClockText` formats the date and time once a second: across second, day and year
+    boundaries and for any fraction it must read exactly as `utc_text` of that instant."""
+    moments = [1_798_761_599.999_999, 1_798_761_600.0, 1_798_761_600.000_001, 1_767_225_599.5,
+               1_767_225_600.25, 1_764_184_000.123_456]
+    moments += [1_764_184_000 + step * 0.173_9 for step in range(200)]
+    for moment in moments:
+        text = UtcClockText(lambda moment=moment: moment)()
+        expected = datetime.fromtimestamp(moment, UTC)
+        # The same instant to the microsecond (a float of it is truncated, not rounded).
+        assert abs(datetime.fromisoformat(text) - expected) <= timedelta(microseconds=1)
+        assert text == utc_text(datetime.fromisoformat(text))
+    clock = iter(moments)
+    stamp = UtcClockText(lambda: next(clock))  # one instance across the seconds: no stale date
+    for moment in moments:
+        assert datetime.fromisoformat(stamp()) == datetime.fromisoformat(
+            UtcClockText(lambda moment=moment: moment)())
+
+
+@pytest.mark.parametrize("cls", EVENT_TYPES, ids=lambda c: c.event_type)
+def test_a_line_at_a_clock_text_is_the_line_at_that_moment(cls: type[AuditEvent]) -> None:
+    moment = datetime(2024, 4, 1, 9, 30, 5, 123, tzinfo=UTC)
+    for text in AWKWARD:
+        event = _instance(cls, text, 1234567)
+        assert line_at(event, utc_text(moment)) == line_of(event, moment)
+    odd = dataclasses.replace(_instance(AccessDecision, "x", 1), status=True)  # the plan's
+    assert line_at(odd, utc_text(moment)) == line_of(odd, moment)

@@ -237,3 +237,51 @@ def test_lookup_fresh_reads_storage_even_when_cached(
     SessionManager(engine, SETTINGS, clock=clock).revoke_id(info.session_id, "lost laptop")
     assert asyncio.run(manager.lookup_fresh(token, activity=False)) is None  # no stale copy
     assert asyncio.run(manager.lookup(token)) is None  # and the cached copy went with it
+
+
+def test_quiet_spans_exactly_the_lookups_that_do_nothing_else(engine: Engine,
+                                                              clock: Any) -> None:
+    """`quiet(info)` (what lets the gateway reuse a decision) holds while a lookup would
+    return `info` itself with no storage read, no touch and no refresh, and not a moment
+    longer: each bound is met in turn, by the clock alone."""
+    settings = SessionSettings(idle_timeout=1800, absolute_lifetime=8 * 3600, cache_ttl=10.0)
+    user = users.create_user(engine, "kato")
+
+    def looked_up(manager: SessionManager, token: str) -> SessionInfo:
+        info = asyncio.run(manager.lookup(token))
+        assert info is not None
+        return info
+
+    # The refresh-ahead point: half of cache_ttl after the read.
+    manager = SessionManager(engine, settings, clock=clock)
+    token, _ = manager.create(user, ["pwd"], "192.0.2.1", "Firefox")
+    info = looked_up(manager, token)
+    assert manager.quiet(info)
+    clock.advance(4.9)
+    assert manager.quiet(info)
+    clock.advance(0.2)
+    assert not manager.quiet(info)
+    manager.evict([info.session_id])
+    info = looked_up(manager, token)  # read again, now
+    clock.advance(-0.5)
+    assert not manager.quiet(info)  # the clock went back past the read: lookup would reload
+    clock.advance(0.5)
+
+    # Replaced by a newer read, or evicted: never quiet again.
+    assert manager.quiet(info)
+    manager.evict([info.session_id])
+    assert not manager.quiet(info)
+    newer = looked_up(manager, token)
+    assert manager.quiet(newer) and not manager.quiet(info)
+
+    # The touch of last_seen_at, the idle timeout, the absolute expiry: whichever is first.
+    for touch, idle, lifetime in ((2.0, 1800, 8 * 3600), (60.0, 3, 8 * 3600), (60.0, 1800, 3)):
+        manager = SessionManager(engine, SessionSettings(
+            idle_timeout=idle, absolute_lifetime=lifetime, cache_ttl=10.0), clock=clock)
+        manager.touch_interval = touch
+        token, _ = manager.create(user, ["pwd"], "192.0.2.1", "Firefox")
+        info = looked_up(manager, token)
+        clock.advance(1.9)
+        assert manager.quiet(info)
+        clock.advance(1.2)
+        assert not manager.quiet(info), (touch, idle, lifetime)

@@ -96,6 +96,29 @@ def utc_text(moment: datetime) -> str:
             f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}Z")
 
 
+class UtcClockText:
+    """`utc_text` of the current time (`time.time()`), for the request path: the date and the
+    time of day change once a second, so they are formatted once a second and each call
+    formats only the microseconds (a fifth of the instructions of `utc_text(datetime.now())`).
+    """
+
+    __slots__ = ("_clock", "_prefix", "_second")
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self) -> str:
+        now = self._clock()
+        second = int(now)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+            self._second = second
+        # `%` and not an f-string with a format spec: about half the instructions.
+        return "%s%06dZ" % (self._prefix, int((now - second) * 1_000_000))  # noqa: UP031
+
+
 def _fast_body(event: AuditEvent, occurred_at: datetime, when: str = "") -> str:
     """`canonical_json` of the event, byte for byte, built from a per-class plan.
 

@@ -43,8 +43,16 @@ from json.encoder import encode_basestring as _quote
 from typing import cast
 
 from sekisho.audit.chain import canonical_json
-from sekisho.audit.events import AuditEvent
-from sekisho.audit.log import AuditLog, AuditUnavailable, _fast_body, _fields_of, utc_text
+from sekisho.audit.events import AccessDecision, AuditEvent
+from sekisho.audit.log import (
+    AuditLog,
+    AuditUnavailable,
+    UtcClockText,
+    _access_body,
+    _fast_body,
+    _fields_of,
+    utc_text,
+)
 from sekisho.storage.audit_log import PendingRecord
 
 log = logging.getLogger("sekisho.audit.relay")
@@ -92,6 +100,17 @@ def line_of(event: AuditEvent, occurred_at: datetime) -> str:
     return event.event_type + "\t" + when + "\t" + _quote(event.actor) + "\t" + body
 
 
+def line_at(event: AuditEvent, when: str) -> str:
+    """`line_of` for a time given as its `utc_text` (`UtcClockText`): an access decision, the
+    event of every request, straight from its written-out body; any other event, or a value
+    that body refuses, through `line_of` (the same line)."""
+    if type(event) is AccessDecision:
+        body = _access_body(event, when)
+        if body is not None:  # it checked `user` is text: then `actor` is `user`
+            return "access.decision\t" + when + "\t" + _quote(event.user) + "\t" + body
+    return line_of(event, datetime.fromisoformat(when))
+
+
 def record_of(line: str) -> PendingRecord:
     event_type, moment, actor, body = line.split("\t", 3)
     if not (body.startswith("{") and body.endswith("}")):
@@ -113,6 +132,8 @@ class AuditRelay(asyncio.Protocol):
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self._path = path
         self._now = now
+        # The request path's clock as text; an injected `now` (tests) is used as it is.
+        self._stamp = UtcClockText() if now is _utcnow else None
         self._monotonic = monotonic
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: asyncio.Transport | None = None
@@ -141,7 +162,9 @@ class AuditRelay(asyncio.Protocol):
         if not self._ok:
             raise AuditUnavailable(_UNAVAILABLE + " (relay)")
         lines = self._lines
-        lines.append(line_of(event, self._now()))
+        stamp = self._stamp
+        lines.append(line_at(event, stamp()) if stamp is not None
+                     else line_of(event, self._now()))
         if len(lines) >= self.send_max:
             self._flush()
         elif self._flush_timer is None:

@@ -25,6 +25,7 @@ from sekisho.config.model import ListenAddress, Route
 from sekisho.devices.trust import DeviceTrust
 from sekisho.gateway.assertion import AssertionSigner
 from sekisho.gateway.connection import ClientConnection, ConnLimits, Exchange
+from sekisho.gateway.decisions import DecisionMemo
 from sekisho.gateway.headers import (
     canonical_name,
     client_address,
@@ -112,6 +113,7 @@ class Gateway:
         self.clock = clock
         self.pool = UpstreamPool(upstream_ssl)
         self.signer = AssertionSigner(keyring, clock)
+        self.decisions = DecisionMemo(sessions)  # allows reused while provably the same
         self.connections: set[ClientConnection] = set()
         self.closing = False
         self._servers: list[asyncio.AbstractServer] = []
@@ -330,13 +332,23 @@ class Gateway:
         self._constants(runtime)
         token = cookie_value(exchange.headers, self._cookie_name)
         policy = runtime.policy_for(route)
-        verdict = await decide(
-            sessions=self.sessions, token=token, policy=policy,
-            route=route, client_ip=client_ip, method=exchange.method, path=target.path,
-            host=host, now=self.clock(), holidays=config.holidays,
-            certificate=conn.certificate, devices=self.devices,
-            device_ttl=config.session.cache_ttl, posture=config.devices,
-        )
+        client_text = conn.peer_text if client_ip is conn.peer else str(client_ip)
+        memo_key = verdict = None
+        if (token is not None and policy is not None and not policy.clock
+                and conn.certificate is None):
+            memo_key = DecisionMemo.key(token, route=route.id, method=exchange.method,
+                                        path=target.path, host=host, client=client_text)
+            verdict = self.decisions.recall(runtime, memo_key)
+        if verdict is None:
+            verdict = await decide(
+                sessions=self.sessions, token=token, policy=policy,
+                route=route, client_ip=client_ip, method=exchange.method, path=target.path,
+                host=host, now=self.clock(), holidays=config.holidays,
+                certificate=conn.certificate, devices=self.devices,
+                device_ttl=config.session.cache_ttl, posture=config.devices,
+            )
+            if memo_key is not None:
+                self.decisions.remember(runtime, memo_key, verdict)
         if verdict.decision.allow and not getattr(self.audit, "healthy", True):
             verdict = Verdict(AUDIT_DENY, verdict.session, 503)  # cannot audit: deny
         if not verdict.decision.allow:

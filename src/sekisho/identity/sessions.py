@@ -32,6 +32,7 @@ import hashlib
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -85,6 +86,9 @@ class _Cached:
     info: SessionInfo
     fetched_at: datetime
     last_seen_at: datetime
+    # The span (epoch seconds) in which a lookup returns `info` and does nothing else.
+    quiet_from: float = 0.0
+    quiet_until: float = 0.0
 
 
 # The fraction of `cache_ttl` after which a lookup refreshes its entry in the background.
@@ -105,6 +109,9 @@ class SessionManager:
         self._reads: dict[str, list[_Read]] = {}  # storage reads in flight, per session
         self._loading: dict[str, asyncio.Task[SessionInfo | None]] = {}  # shared loads
         self._lock = threading.Lock()
+        # `clock` as epoch seconds, for `quiet` (the request path: no datetime arithmetic).
+        self._epoch: Callable[[], float] = time.time if clock is utcnow \
+            else lambda: clock().timestamp()
 
     def update_settings(self, settings: SessionSettings) -> None:
         """A new config snapshot: new timeouts apply from the next lookup."""
@@ -168,6 +175,28 @@ class SessionManager:
         if self.settings.cache_ttl <= 0:  # no cache: every lookup reads storage itself
             return await asyncio.to_thread(self._load, session_id, now)
         return await self._shared_load(session_id, now)
+
+    def quiet(self, info: SessionInfo) -> bool:
+        """Whether a `lookup` of this session would now return `info` itself and do nothing
+        else: no storage read, no `last_seen_at` touch, no background refresh. What lets the
+        gateway reuse a decision made on `info` (gateway.decisions). False as soon as the
+        entry is evicted (revoked, signed out, user changed) or replaced by a newer read."""
+        entry = self._cache.get(info.session_id)
+        if entry is None or entry.info is not info:
+            return False
+        return entry.quiet_from <= self._epoch() < entry.quiet_until
+
+    def _set_quiet(self, entry: _Cached) -> _Cached:
+        """Compute `entry`'s quiet span: before the refresh-ahead point, the next touch, the
+        absolute expiry and the idle timeout, whichever comes first (see `lookup`)."""
+        settings = self.settings
+        fetched, last_seen = entry.fetched_at.timestamp(), entry.last_seen_at.timestamp()
+        entry.quiet_from = fetched
+        entry.quiet_until = min(fetched + settings.cache_ttl * REFRESH_AHEAD,
+                                last_seen + self.touch_interval,
+                                last_seen + settings.idle_timeout,
+                                entry.info.expires_at.timestamp())
+        return entry
 
     async def lookup_fresh(self, token: str, *, activity: bool) -> SessionInfo | None:
         """Read the session from storage, never from the cache (re-checking an open
@@ -262,7 +291,7 @@ class SessionManager:
                 return info
             if len(self._cache) >= self.cache_max:
                 self._cache.clear()  # bounded memory under a flood of distinct sessions
-            self._cache[session_id] = _Cached(info, now, last_seen)
+            self._cache[session_id] = self._set_quiet(_Cached(info, now, last_seen))
         return info
 
     def _touch(self, session_id: str, now: datetime) -> None:
@@ -271,6 +300,7 @@ class SessionManager:
             entry = self._cache.get(session_id)
             if entry is not None:
                 entry.last_seen_at = now
+                self._set_quiet(entry)
 
     def _evict(self, session_id: str) -> None:
         with self._lock:

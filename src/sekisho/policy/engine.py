@@ -43,6 +43,10 @@ class Policy:
     # The guardrail this policy is evaluated under (`guard`); its verdict is already part of
     # `deny`, it is kept here so `explain` can show it.
     guardrail: Policy | None = field(default=None, compare=False, repr=False)
+    # Whether a decision can change with the time of the request alone (`Facts.now`): true
+    # when any criterion reads the clock (`Criterion.reads_clock`). Only decisions of a
+    # policy without it may be reused for the same facts (gateway.decisions).
+    clock: bool = field(default=True, compare=False)
 
 
 def evaluate(facts: Facts, policy: Policy) -> Decision:
@@ -97,7 +101,8 @@ def guard(guardrail: Policy, policy: Policy) -> Policy:
             return route_deny(facts)
         return _NOT_MATCHED
 
-    return Policy(policy.name, policy.allow, deny, policy.document, guardrail)
+    return Policy(policy.name, policy.allow, deny, policy.document, guardrail,
+                  guardrail.clock or policy.clock)
 
 
 def compile_policy(name: str, document: Mapping[str, Any]) -> Policy:
@@ -125,10 +130,19 @@ def compile_policy(name: str, document: Mapping[str, Any]) -> Policy:
             allow=_block(allow, ("allow",), False, 1).run if "allow" in document else None,
             deny=_block(deny, ("deny",), True, 1).run if "deny" in document else None,
             document=document,
+            clock=reads_clock(document),
         )
     except PolicyError as error:
         error.policy = name
         raise
+
+
+def reads_clock(document: Any) -> bool:
+    """Whether any criterion of a checked policy document reads the time of the request."""
+    if isinstance(document, Mapping):
+        return any(reads_clock(value) if key in OPERATORS or key in SECTIONS
+                   else CRITERIA[key].reads_clock(value) for key, value in document.items())
+    return any(reads_clock(item) for item in document) if is_list(document) else False
 
 
 def _block(value: Any, path: Path, negated: bool, depth: int) -> _nodes.Node:

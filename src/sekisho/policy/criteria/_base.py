@@ -36,6 +36,16 @@ class Check:
 Compiled = Predicate | tuple[Check, ...]
 
 
+def on_the_clock(argument: Any) -> bool:
+    """`Criterion.reads_clock` of a criterion that did not say: assume it reads the time."""
+    return True
+
+
+def timeless(argument: Any) -> bool:
+    """`Criterion.reads_clock` of a criterion that never looks at the time of the request."""
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class Criterion:
     """A named test over `Facts`, with the reason codes it reports.
@@ -52,6 +62,11 @@ class Criterion:
     compile: Callable[[Any, Path], Compiled]
     # Every code the criterion can report (`passed_reason`, `failed_reason` and its checks').
     extra_reasons: tuple[str, ...] = ()
+    # Whether, with this argument, the outcome can change with the time of the request alone
+    # (`Facts.now`: hours, auth age, proof age). The gateway reuses the decisions of policies
+    # whose criteria all say no (`Policy.clock`, gateway.decisions); a criterion that does not
+    # say is taken to read the clock, so forgetting it costs speed, never correctness.
+    reads_clock: Callable[[Any], bool] = on_the_clock
 
     def checks(self, argument: Any, path: Path) -> tuple[Check, ...]:
         """The argument compiled to its checks, in the order they are tested (usually one)."""

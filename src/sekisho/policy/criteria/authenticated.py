@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sekisho.policy.criteria._base import Criterion, Predicate, true_only
+from sekisho.policy.criteria._base import Criterion, Predicate, timeless, true_only
 from sekisho.policy.errors import Path
 from sekisho.policy.facts import Facts
 
@@ -31,4 +31,5 @@ CRITERION = Criterion(
     summary_ja="サインイン済みのユーザーに一致します。",
     summary_en="Matches a signed-in user.",
     compile=_compile,
+    reads_clock=timeless,
 )

@@ -14,7 +14,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sekisho.policy.criteria._base import Criterion, Predicate, expect, string_list, type_name
+from sekisho.policy.criteria._base import (
+    Criterion,
+    Predicate,
+    expect,
+    string_list,
+    timeless,
+    type_name,
+)
 from sekisho.policy.errors import Path
 from sekisho.policy.facts import Facts
 
@@ -70,4 +77,5 @@ CRITERION = Criterion(
     summary_en="Matches a verified client certificate with the given issuer and any of the "
                "given subject alternative names.",
     compile=_compile,
+    reads_clock=timeless,
 )

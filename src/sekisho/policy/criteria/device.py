@@ -19,7 +19,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sekisho.policy.criteria._base import Criterion, Predicate, expect, string_list, type_name
+from sekisho.policy.criteria._base import (
+    Criterion,
+    Predicate,
+    expect,
+    string_list,
+    timeless,
+    type_name,
+)
 from sekisho.policy.errors import Path
 from sekisho.policy.facts import Facts
 
@@ -81,4 +88,5 @@ CRITERION = Criterion(
     summary_en="Matches a request from an enrolled, active device (one listed, with id; of a "
                "listed posture profile, with profile) used by the user it is enrolled to.",
     compile=_compile,
+    reads_clock=timeless,
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sekisho.policy.criteria._base import Criterion, Predicate, expect, string_list
+from sekisho.policy.criteria._base import Criterion, Predicate, expect, string_list, timeless
 from sekisho.policy.errors import Path
 from sekisho.policy.facts import Facts
 
@@ -43,4 +43,5 @@ CRITERION = Criterion(
     summary_ja="メールアドレスが一覧のいずれかと一致します（大文字・小文字を区別しない）。",
     summary_en="Matches when the e-mail address is one of those listed (case-insensitive).",
     compile=_compile,
+    reads_clock=timeless,
 )

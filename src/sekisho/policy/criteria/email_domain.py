@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sekisho.policy.criteria._base import Criterion, Predicate, expect, string_list
+from sekisho.policy.criteria._base import Criterion, Predicate, expect, string_list, timeless
 from sekisho.policy.errors import Path
 from sekisho.policy.facts import Facts
 
@@ -48,4 +48,5 @@ CRITERION = Criterion(
     summary_ja="メールアドレスの '@' 以降のドメインが一覧のいずれかと完全に一致します。",
     summary_en="Matches when the e-mail domain (after the only '@') is exactly one listed.",
     compile=_compile,
+    reads_clock=timeless,
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sekisho.policy.criteria._base import Criterion, Predicate, string_list
+from sekisho.policy.criteria._base import Criterion, Predicate, string_list, timeless
 from sekisho.policy.errors import Path
 from sekisho.policy.facts import Facts
 
@@ -26,4 +26,5 @@ CRITERION = Criterion(
     summary_ja="ユーザーが一覧のいずれかのグループに所属していれば一致します。",
     summary_en="Matches when the user is a member of any group listed.",
     compile=_compile,
+    reads_clock=timeless,
 )

@@ -12,7 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sekisho.policy.criteria._base import Criterion, Predicate, expect, is_list, type_name
+from sekisho.policy.criteria._base import (
+    Criterion,
+    Predicate,
+    expect,
+    is_list,
+    timeless,
+    type_name,
+)
 from sekisho.policy.errors import Path
 from sekisho.policy.facts import Facts
 
@@ -76,4 +83,5 @@ CRITERION = Criterion(
     summary_ja="正規化済みのパスが前方一致（セグメント単位）または完全一致すれば一致します。",
     summary_en="Matches the normalised path by segment-wise prefix or exactly.",
     compile=_compile,
+    reads_clock=timeless,
 )

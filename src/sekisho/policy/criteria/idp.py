@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sekisho.policy.criteria._base import Criterion, Predicate, string_list
+from sekisho.policy.criteria._base import Criterion, Predicate, string_list, timeless
 from sekisho.policy.errors import Path
 from sekisho.policy.facts import Facts
 
@@ -30,4 +30,5 @@ CRITERION = Criterion(
     summary_en="Matches when the session was signed in through a listed identity provider "
     "(`local`: Sekisho's own accounts).",
     compile=_compile,
+    reads_clock=timeless,
 )

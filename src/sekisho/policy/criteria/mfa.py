@@ -113,5 +113,6 @@ CRITERION = Criterion(
     summary_en="Matches when the session holds one of the listed second factors "
     "(TOTP, passkey …); in the {methods, within} form, one of them proven within that time.",
     compile=_compile,
+    reads_clock=lambda argument: isinstance(argument, Mapping),  # only the timed form
     extra_reasons=("auth-fresh", "auth-too-old"),
 )

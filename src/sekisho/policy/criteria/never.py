@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sekisho.policy.criteria._base import Criterion, Predicate, true_only
+from sekisho.policy.criteria._base import Criterion, Predicate, timeless, true_only
 from sekisho.policy.errors import Path
 from sekisho.policy.facts import Facts
 
@@ -27,4 +27,5 @@ CRITERION = Criterion(
     summary_ja="どのリクエストにも一致しません。",
     summary_en="Matches no request.",
     compile=_compile,
+    reads_clock=timeless,
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sekisho.policy.criteria._base import Criterion, Predicate, expect, string_list
+from sekisho.policy.criteria._base import Criterion, Predicate, expect, string_list, timeless
 from sekisho.policy.errors import Path
 from sekisho.policy.facts import Facts
 
@@ -43,4 +43,5 @@ CRITERION = Criterion(
     summary_ja="ルートのセグメント (internet・lgwan・mynumber) が一覧のいずれかなら一致します。",
     summary_en="Matches when the route's segment (internet, lgwan, mynumber) is one listed.",
     compile=_compile,
+    reads_clock=timeless,
 )

@@ -13,7 +13,7 @@ import ipaddress
 from bisect import bisect_right
 from typing import Any
 
-from sekisho.policy.criteria._base import Criterion, Predicate, expect, string_list
+from sekisho.policy.criteria._base import Criterion, Predicate, expect, string_list, timeless
 from sekisho.policy.errors import Path
 from sekisho.policy.facts import Facts
 
@@ -83,4 +83,5 @@ CRITERION = Criterion(
     summary_ja="接続元 IP アドレスが一覧のいずれかの範囲に含まれれば一致します（IPv4・IPv6）。",
     summary_en="Matches when the source IP address is in any range listed (IPv4 and IPv6).",
     compile=_compile,
+    reads_clock=timeless,
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sekisho.policy.criteria._base import Criterion, Predicate, string_list
+from sekisho.policy.criteria._base import Criterion, Predicate, string_list, timeless
 from sekisho.policy.errors import Path
 from sekisho.policy.facts import Facts
 
@@ -30,4 +30,5 @@ CRITERION = Criterion(
     summary_ja="ユーザー名が一覧のいずれかと一致します（大文字・小文字を区別）。",
     summary_en="Matches when the user name is one of those listed (case-sensitive).",
     compile=_compile,
+    reads_clock=timeless,
 )
