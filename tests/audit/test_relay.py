@@ -197,3 +197,49 @@ def test_a_failing_database_at_the_master_makes_workers_refuse(engine: Engine,
     audit.close()
     bodies = [r.body for r in iter_records(engine)]
     assert len(bodies) == 1 and '"/n/0"' in bodies[0]  # held and committed after recovery
+
+
+def test_record_access_stores_what_record_of_the_event_stores(engine: Engine,
+                                                             tmp_path: Path) -> None:
+    """The gateway's per-request call hands over the fields, not the event: through the relay
+    and through a local log, each is stored exactly as `record(AccessDecision(*fields))` is
+    (values the written-out body refuses go through the event, as before)."""
+    path = str(tmp_path / "a.sock")
+    audit = AuditLog(engine, flush_interval=0.05)
+    audit.start()
+    usual = ("portal", "ta\"na\nka", "allow", ("ok", "group-authorized"), "192.0.2.1", "GET",
+             "/a b/関所", 200, 0, 512, 0.25, "ab12")
+    unusual = (*usual[:7], True, *usual[8:])  # a bool status: JSON true, not 1
+
+    async def scenario() -> None:
+        server = AuditRelayServer(audit, path)
+        await server.start()
+        relay = AuditRelay(path)
+        await relay.start()
+        await wait_until(lambda: relay.healthy)
+        for fields in (usual, unusual):
+            relay.record_access(fields)  # type: ignore[arg-type]
+            relay.record(AccessDecision(*fields))  # type: ignore[arg-type]
+        await relay.close()
+        await server.close()
+
+    asyncio.run(scenario())
+    for fields in (usual, unusual):
+        audit.record_access(fields)  # type: ignore[arg-type]
+        audit.record(AccessDecision(*fields))  # type: ignore[arg-type]
+    audit.close()
+    records = list(iter_records(engine))
+    assert len(records) == 8 and verify(records, head=read_head(engine)).ok
+
+    def timeless(record: object) -> tuple[str, str, str]:
+        body = record.body  # type: ignore[attr-defined]
+        start = body.index('"occurred_at":"')
+        end = body.index('"', start + 15)
+        return (record.event_type, record.actor,  # type: ignore[attr-defined]
+                body[:start] + body[end:])
+
+    pairs = [(timeless(a), timeless(b)) for a, b in zip(records[::2], records[1::2],
+                                                         strict=True)]
+    assert all(a == b for a, b in pairs)
+    assert '"status":true' in pairs[1][0][2] and '"status":200' in pairs[0][0][2]
+    assert pairs[0][0][1] == 'ta"na\nka'

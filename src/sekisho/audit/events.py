@@ -45,6 +45,12 @@ class AccessDecision(AuditEvent):
     session: str = ""  # SessionInfo.short_id
 
 
+# An AccessDecision's fields in declaration order, as a plain tuple: what the gateway hands
+# a sink's `record_access` on every request (building the frozen event costs more than the
+# rest of recording it; `AccessDecision(*fields)` is the same event).
+AccessFields = tuple[str, str, str, tuple[str, ...], str, str, str, int, int, int, float, str]
+
+
 @dataclass(frozen=True, slots=True)
 class SignInSucceeded(AuditEvent):
     """A user proved their identity and a new session was issued."""

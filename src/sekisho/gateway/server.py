@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sekisho.audit.events import AccessDecision
+from sekisho.audit.events import AccessDecision, AccessFields
 from sekisho.config.model import ListenAddress, Route
 from sekisho.devices.trust import DeviceTrust
 from sekisho.gateway.assertion import AssertionSigner
@@ -132,6 +132,9 @@ class Gateway:
         self._targets: dict[tuple[bytes, str], Target] = {}
         self.audit_failures = 0
         self._audit_warned_at = 0.0
+        # `record(AccessDecision(*fields))`; a sink may take the fields directly.
+        self._record_access: Callable[[AccessFields], None] = getattr(
+            audit, "record_access", lambda fields: audit.record(AccessDecision(*fields)))
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -520,15 +523,13 @@ class Gateway:
         decision = verdict.decision
         session = verdict.session
         try:
-            self.audit.record(AccessDecision(
-                route=route.id, user=session.username if session else "",
-                decision="allow" if decision.allow else "deny", reasons=decision.reasons,
-                source_ip=conn.peer_text if client_ip is conn.peer else str(client_ip),
-                method=exchange.method, path=path, status=status,
-                bytes_in=exchange.body_bytes, bytes_out=bytes_out,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                session=session.short_id if session else "",
-            ))
+            self._record_access((
+                route.id, session.username if session else "",
+                "allow" if decision.allow else "deny", decision.reasons,
+                conn.peer_text if client_ip is conn.peer else str(client_ip),
+                exchange.method, path, status, exchange.body_bytes, bytes_out,
+                round((time.perf_counter() - started) * 1000, 3),
+                session.short_id if session else ""))
         except Exception as exc:
             self.audit_failures += 1
             now = time.monotonic()
