@@ -51,18 +51,27 @@ class AssertionSigner:
     def __init__(self, keyring: KeyRing, clock: Callable[[], float]) -> None:
         self._keyring = keyring
         self._clock = clock
-        self._cache: dict[tuple[str, str, str], tuple[str, float]] = {}
+        self._cache: dict[tuple[str, str, str], tuple[str, float, bytes]] = {}
         self.hits = 0
         self.misses = 0
 
     def token(self, settings: AssertionSettings, route_id: str, session: SessionInfo) -> str:
+        return self._entry(settings, route_id, session)[0]
+
+    def token_bytes(self, settings: AssertionSettings, route_id: str,
+                    session: SessionInfo) -> bytes:
+        """`token()` as the header value (encoded once per token, not per request)."""
+        return self._entry(settings, route_id, session)[2]
+
+    def _entry(self, settings: AssertionSettings, route_id: str,
+               session: SessionInfo) -> tuple[str, float, bytes]:
         active = self._keyring.active
         now = self._clock()
         key = (session.session_id, route_id, active.kid)
         cached = self._cache.get(key)
         if cached is not None and cached[1] > now:
             self.hits += 1
-            return cached[0]
+            return cached
         self.misses += 1
         body = claims(settings, route_id, session, now)
         token = jwt.encode({"alg": "ES256", "kid": active.kid, "typ": "JWT"}, body, active.key,
@@ -70,8 +79,9 @@ class AssertionSigner:
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()  # bounded memory; a cold cache only costs signatures
         # Reuse while more than half the lifetime remains.
-        self._cache[key] = (token, body["iat"] + (body["exp"] - body["iat"]) / 2)
-        return token
+        entry = self._cache[key] = (token, body["iat"] + (body["exp"] - body["iat"]) / 2,
+                                    token.encode("ascii"))
+        return entry
 
     def forget(self, session_id: str) -> None:
         for key in [k for k in self._cache if k[0] == session_id]:

@@ -105,6 +105,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address("0.0.0.0")  # noqa: S104
         self.peer_text = "0.0.0.0"  # noqa: S104  # str(peer), formatted once per connection
+        self.peer_bytes = b"0.0.0.0"  # and encoded once (X-Forwarded-For)
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[Exchange] = deque()
         self.current: Exchange | None = None  # the exchange being parsed
@@ -140,6 +141,7 @@ class ClientConnection(asyncio.Protocol):
             with contextlib.suppress(ValueError):
                 self.peer = ipaddress.ip_address(peer[0])
                 self.peer_text = str(self.peer)
+                self.peer_bytes = self.peer_text.encode("ascii")
         self.certificate = peer_certificate(transport.get_extra_info("ssl_object"))
         high = BUFFER_HIGH
         transport.set_write_buffer_limits(high=high)  # type: ignore[attr-defined]

@@ -104,7 +104,9 @@ async def forward(
     upstream: UpstreamConnection | None = None
     started = loop.time()
     for attempt in range(2):
-        upstream = await pool.acquire(origin, connect_timeout, fresh=attempt > 0)
+        upstream = pool.idle(origin) if attempt == 0 else None
+        if upstream is None:
+            upstream = await pool.acquire(origin, connect_timeout, fresh=attempt > 0)
         upstream.begin(head_only=exchange.method == "HEAD")
         upstream.client = client
         client.producer = upstream.transport

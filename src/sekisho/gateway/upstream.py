@@ -315,14 +315,22 @@ class UpstreamPool:
             self._ssl = ssl.create_default_context()
         return self._ssl
 
-    async def acquire(self, origin: Origin, connect_timeout: float,
-                      fresh: bool = False) -> UpstreamConnection:
+    def idle(self, origin: Origin) -> UpstreamConnection | None:
+        """A pooled connection to `origin`, or None: `acquire` without a coroutine (the
+        usual case, on the request path)."""
         idle = self._idle.get(origin)
-        while idle and not fresh:
+        while idle:
             connection = idle.pop()
             if not connection.closed:
                 connection.reused = True
                 return connection
+        return None
+
+    async def acquire(self, origin: Origin, connect_timeout: float,
+                      fresh: bool = False) -> UpstreamConnection:
+        connection = None if fresh else self.idle(origin)
+        if connection is not None:
+            return connection
         loop = asyncio.get_running_loop()
         if origin.scheme == "connector":
             protocol = await self._via_connector(origin, connect_timeout)
