@@ -6,7 +6,12 @@ import ipaddress
 
 import pytest
 
-from sekisho.gateway.headers import client_address, strip_cookies, upstream_headers
+from sekisho.gateway.headers import (
+    client_address,
+    response_fields,
+    strip_cookies,
+    upstream_headers,
+)
 
 COOKIES = frozenset({b"__Host-sekisho", b"__Host-sekisho-csrf"})
 
@@ -78,3 +83,15 @@ def test_client_address(peer: str, xff: list[bytes], trusted: tuple, client: str
     got_client, got_chain = client_address(ip(peer), xff, trusted)
     assert str(got_client) == client
     assert [str(a) for a in got_chain] == chain
+
+
+def test_response_fields_drop_hop_by_hop_and_listed_headers_and_take_the_length() -> None:
+    upstream = [(b"Server", b"nginx"), (b"Content-Length", b" 1024 "), (b"X-Secret", b"1"),
+                (b"Connection", b"keep-alive, X-Secret"), (b"Keep-Alive", b"timeout=5"),
+                (b"ETag", b'"abc"'), (b"Transfer-Encoding", b"chunked"), (b"x_secret", b"2")]
+    fields, length = response_fields(upstream)
+    assert b"".join(fields) == b'Server: nginx\r\nETag: "abc"\r\n'
+    assert length == b"1024"
+    usual = [(b"Date", b"x"), (b"Connection", b"keep-alive"), (b"Content-Type", b"text/plain")]
+    assert response_fields(usual) == ([b"Date", b": ", b"x", b"\r\n", b"Content-Type", b": ",
+                                       b"text/plain", b"\r\n"], None)

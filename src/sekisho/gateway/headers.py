@@ -103,6 +103,7 @@ def upstream_headers(
             continue
         kept_keys.append(key)
         out.append((name, value))
+    listed -= _DROPPED  # dropped anyway (the usual `keep-alive`): no second pass for them
     if listed:  # named in Connection: hop-by-hop by declaration
         out = [header for key, header in zip(kept_keys, out, strict=True) if key not in listed]
     if websocket:
@@ -111,18 +112,17 @@ def upstream_headers(
     return out
 
 
-def response_headers(headers: Sequence[Header]) -> list[Header]:
-    """Upstream response headers without hop-by-hop ones and framing (re-added by us)."""
-    return response_framing(headers)[0]
-
-
-def response_framing(headers: Sequence[Header]) -> tuple[list[Header], bytes | None]:
-    """(`response_headers(headers)`, the upstream's Content-Length value or None), one pass."""
+def response_fields(headers: Sequence[Header]) -> tuple[list[bytes], bytes | None]:
+    """The upstream response headers that reach the client, flattened for writing (`name`,
+    `: `, `value`, CRLF, …), and apart the upstream's Content-Length value (or None): hop-by-hop
+    headers, those its Connection header names, and the framing are dropped (re-added by us).
+    One pass; the names a Connection header lists that are hop-by-hop anyway (the usual
+    `keep-alive`) cost no second one."""
     canonical = _CANONICAL.get
     listed: set[bytes] = set()
     length: bytes | None = None
     kept_keys: list[bytes] = []
-    out: list[Header] = []
+    out: list[bytes] = []
     for name, value in headers:
         key = canonical(name) or canonical_name(name)
         if key in HOP_BY_HOP:
@@ -133,9 +133,11 @@ def response_framing(headers: Sequence[Header]) -> tuple[list[Header], bytes | N
             length = value.strip()
             continue
         kept_keys.append(key)
-        out.append((name, value))
+        out += (name, b": ", value, b"\r\n")
+    listed -= HOP_BY_HOP
     if listed:
-        out = [header for key, header in zip(kept_keys, out, strict=True) if key not in listed]
+        out = [part for index, key in enumerate(kept_keys) if key not in listed
+               for part in out[4 * index:4 * index + 4]]
     return out, length
 
 

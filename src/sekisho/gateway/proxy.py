@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 from sekisho.gateway.connection import ClientConnection, Exchange
-from sekisho.gateway.headers import response_framing
+from sekisho.gateway.headers import response_fields
 from sekisho.gateway.upstream import Origin, UpstreamConnection, UpstreamError, UpstreamPool
 
 Header = tuple[bytes, bytes]
-_REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("ascii"))
+                 for s in HTTPStatus}
 
 
 class Splice:
@@ -69,7 +70,8 @@ def request_head(method: str, path: bytes, host: bytes, headers: Sequence[Header
 
 
 def status_line(status: int) -> bytes:
-    return b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % status
 
 
 def _body_sink(upstream: UpstreamConnection, chunked: bool) -> Callable[[bytes], None]:
@@ -141,20 +143,15 @@ async def forward(
     if websocket and status == 101:
         return await _splice(client, upstream, upstream_seconds, on_splice)
 
-    headers, length = response_framing(upstream.headers)
-    has_length = no_body = False
-    if length is not None:
-        has_length = True
-        headers.append((b"Content-Length", length))
-    if exchange.method == "HEAD" or status in (204, 304) or status < 200:
-        no_body = True
+    fields, length = response_fields(upstream.headers)
+    no_body = exchange.method == "HEAD" or status in (204, 304) or status < 200
     keep_alive = exchange.keep_alive and not exchange.upgrade
-    rechunk = not no_body and not has_length
+    rechunk = not no_body and length is None
     if rechunk and exchange.version == "1.0":
         rechunk, keep_alive = False, False  # HTTP/1.0: delimit by closing
-    parts = [status_line(status)]
-    for name, value in headers:
-        parts += (name, b": ", value, b"\r\n")
+    parts = [status_line(status), *fields]
+    if length is not None:
+        parts += (b"Content-Length: ", length, b"\r\n")
     for name, value in extra_headers:
         parts += (name, b": ", value, b"\r\n")
     if rechunk:
