@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import time
@@ -128,6 +129,24 @@ def test_remembered_targets_decide_as_the_first_time(gw: GatewayUnderTest) -> No
                 answer += sock.recv(65536)
             assert answer.startswith(b"HTTP/1.1 302")
     assert len(memo) <= 1024
+    plans = gw.gateway._plans  # where (Host, target) pairs went: as bounded, as short
+    assert 0 < len(plans) <= 1024 and all(len(raw) <= 256 for _, raw in plans)
+
+
+def test_where_a_request_went_is_remembered_per_snapshot(gw: GatewayUnderTest) -> None:
+    """(Host, target) → route is remembered; a reload that moves a path to another route
+    (here: a deny-all one) or removes its host must be seen by the very next request."""
+    for _ in range(2):
+        assert gw.request("GET", "/reports/1")[0] == 200
+        assert gw.request("GET", "/reports/1", host="APP.localhost:80")[0] == 200
+    routes = gw.runtime.config.routes
+    app = next(r for r in routes if r.id == "app")
+    moved = dataclasses.replace(app, id="reports", path_prefix="/reports", policy="nobody")
+    gw.reconfigure(routes=(*routes, moved))
+    assert gw.request("GET", "/reports/1")[0] == 403
+    assert gw.request("GET", "/other")[0] == 200
+    gw.reconfigure(routes=tuple(r for r in routes if r.host != HOST))
+    assert gw.request("GET", "/reports/1")[0] == 404
 
 
 def test_ambiguous_allowed_when_route_opts_in(gw: GatewayUnderTest) -> None:

@@ -75,6 +75,10 @@ _TARGET_BYTES_MAX = 256
 METRICS_FLUSH_INTERVAL = 1.0  # /metrics lags the request path by at most this (operations.md)
 
 
+# Where a request goes: (Host header lower-cased, host without port, target, route).
+Plan = tuple[str, str, Target, Route]
+
+
 def jwks_response(keyring: KeyRing) -> Response:
     return Response(200, [("Content-Type", "application/jwk-set+json"),
                           ("Cache-Control", "public, max-age=300")], keyring.jwks_json)
@@ -130,6 +134,9 @@ class Gateway:
         # Raw Host value -> (lower-cased header, host without port), or None when invalid.
         self._hosts: dict[bytes, tuple[str, str] | None] = {}
         self._targets: dict[tuple[bytes, str], Target] = {}
+        # (raw Host, raw request-target) -> where it goes, for this snapshot (`_plan`).
+        self._plans: dict[tuple[bytes, bytes], Plan] = {}
+        self._plans_runtime: Runtime | None = None
         self.audit_failures = 0
         self._audit_warned_at = 0.0
         # `record(AccessDecision(*fields))`; a sink may take the fields directly.
@@ -230,6 +237,32 @@ class Gateway:
             self._targets[raw, host] = target
         return target
 
+    def _plan(self, runtime: Runtime, key: tuple[bytes, bytes], plan: Plan) -> Plan:
+        """Remember where a (Host, request-target) pair goes under this snapshot: parsed
+        host, normalised target and route are a pure function of the two raw values, so a
+        repeated request skips them. Only requests routed to an upstream, only short targets
+        (at most `_TARGETS_MAX` of them); errors and other outcomes are never remembered."""
+        if self._plans_runtime is not runtime:
+            self._plans, self._plans_runtime = {}, runtime
+        if len(key[1]) <= _TARGET_BYTES_MAX and len(self._plans) < _TARGETS_MAX:
+            self._plans[key] = plan
+        return plan
+
+    @staticmethod
+    def _client(conn: ClientConnection, exchange: Exchange, config: Any
+                ) -> tuple[Any, list[Any], str]:
+        """(client address, X-Forwarded-For chain, scheme): the peer's own unless the peer
+        is a trusted proxy (`trusted_proxies`), whose forwarded values are then believed."""
+        trusted = config.trusted_proxies
+        if not is_trusted(conn.peer, trusted):
+            return conn.peer, [conn.peer], conn.scheme
+        xff = [v for n, v in exchange.headers if canonical_name(n) == b"x-forwarded-for"]
+        client_ip, chain = client_address(conn.peer, xff, trusted)
+        proto_value = trusted_forwarded_value(exchange.headers, b"x-forwarded-proto", True)
+        scheme = proto_value.decode("latin-1") if proto_value in (b"http", b"https") else \
+            conn.scheme
+        return client_ip, chain, scheme
+
     def _origin(self, runtime: Runtime, route: Route) -> tuple[Origin, bytes, bytes]:
         """The route's upstream origin, with its Host header and base path as bytes."""
         if self._origin_runtime is not runtime:
@@ -294,46 +327,45 @@ class Gateway:
         config = runtime.config
         if exchange.host_count != 1:
             return self.page(conn, exchange, 400)[0]  # missing or doubled Host: host confusion
-        raw_host = exchange.host_value
-        hosts = self._hosts
-        parsed = hosts[raw_host] if raw_host in hosts else self._parse_host(raw_host)
-        if parsed is None:
-            return self.page(conn, exchange, 400)[0]
-        host_header, host = parsed
-        target = self._targets.get((exchange.url, host))
-        if target is None:
-            try:
-                target = self._normalise(exchange.url, host)
-            except InvalidTarget:
+        key = (exchange.host_value, exchange.url)
+        plan = self._plans.get(key) if self._plans_runtime is runtime else None
+        if plan is None:
+            raw_host = exchange.host_value
+            hosts = self._hosts
+            parsed = hosts[raw_host] if raw_host in hosts else self._parse_host(raw_host)
+            if parsed is None:
                 return self.page(conn, exchange, 400)[0]
-        # The portal host (`portal.host`) serves Sekisho's own pages even without a route.
-        if not runtime.routes.has_host(host) and host != config.portal.host:
-            return self.page(conn, exchange, 404)[0]
-        trusted = config.trusted_proxies
-        peer_trusted = is_trusted(conn.peer, trusted)
-        xff = [v for n, v in exchange.headers if canonical_name(n) == b"x-forwarded-for"] \
-            if peer_trusted else []
-        client_ip, chain = client_address(conn.peer, xff, trusted)
-        proto_value = trusted_forwarded_value(exchange.headers, b"x-forwarded-proto", peer_trusted)
-        scheme = proto_value.decode("latin-1") if proto_value in (b"http", b"https") else \
-            conn.scheme
-
-        if target.path == JWKS_PATH:
-            return self.respond(conn, exchange, jwks_response(self.keyring))[0]
-        if target.path.startswith(RESERVED_PREFIX):
-            return await self._reserved(conn, exchange, runtime, target=target, host=host,
-                                        client_ip=str(client_ip), scheme=scheme)
-        route = runtime.routes.match(host, target.path)
-        if route is None:
-            if host == config.portal.host and target.path == "/" and \
-                    exchange.method in ("GET", "HEAD"):
-                return self.respond(conn, exchange, redirect(PORTAL_PATH, 302))[0]
-            return self.page(conn, exchange, 404)[0]
-        if target.ambiguous and not route.allow_ambiguous_paths:
-            return self.page(conn, exchange, 400)[0]  # path confusion: see gateway.paths
-        if route.mode == "tcp":  # `sekisho tcp`: bearer credential, splice (gateway.tcp)
-            return await self.tcp.handle(conn, exchange, runtime, route=route, target=target,
-                                         host=host, client_ip=client_ip)
+            host_header, host = parsed
+            target = self._targets.get((exchange.url, host))
+            if target is None:
+                try:
+                    target = self._normalise(exchange.url, host)
+                except InvalidTarget:
+                    return self.page(conn, exchange, 400)[0]
+            # The portal host (`portal.host`) serves Sekisho's own pages even without a route.
+            if not runtime.routes.has_host(host) and host != config.portal.host:
+                return self.page(conn, exchange, 404)[0]
+            if target.path == JWKS_PATH:
+                return self.respond(conn, exchange, jwks_response(self.keyring))[0]
+            if target.path.startswith(RESERVED_PREFIX):
+                client_ip, _, scheme = self._client(conn, exchange, config)
+                return await self._reserved(conn, exchange, runtime, target=target, host=host,
+                                            client_ip=str(client_ip), scheme=scheme)
+            route = runtime.routes.match(host, target.path)
+            if route is None:
+                if host == config.portal.host and target.path == "/" and \
+                        exchange.method in ("GET", "HEAD"):
+                    return self.respond(conn, exchange, redirect(PORTAL_PATH, 302))[0]
+                return self.page(conn, exchange, 404)[0]
+            if target.ambiguous and not route.allow_ambiguous_paths:
+                return self.page(conn, exchange, 400)[0]  # path confusion: see gateway.paths
+            if route.mode == "tcp":  # `sekisho tcp`: bearer credential, splice (gateway.tcp)
+                return await self.tcp.handle(conn, exchange, runtime, route=route,
+                                             target=target, host=host,
+                                             client_ip=self._client(conn, exchange, config)[0])
+            plan = self._plan(runtime, key, (host_header, host, target, route))
+        host_header, host, target, route = plan
+        client_ip, chain, scheme = self._client(conn, exchange, config)
 
         self._constants(runtime)
         token = cookie_value(exchange.headers, self._cookie_name)
