@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,22 @@ def decision(n: int, user: str = "tanaka") -> AccessDecision:
 def signin(user: str) -> SignInSucceeded:
     return SignInSucceeded(user=user, source_ip="192.0.2.1", methods=("pwd",), session="s1",
                            user_agent="test")
+
+
+@contextlib.asynccontextmanager
+async def relayed(audit: AuditLog, path: str) -> AsyncIterator[AuditRelay]:
+    """A master's relay server over `audit` at `path`, and a worker's relay connected to it
+    (healthy); both closed gracefully after."""
+    server = AuditRelayServer(audit, path)
+    await server.start()
+    relay = AuditRelay(path)
+    await relay.start()
+    await wait_until(lambda: relay.healthy)
+    try:
+        yield relay
+    finally:
+        await relay.close()
+        await server.close()
 
 
 async def wait_until(condition: object, timeout: float = 5.0) -> None:
@@ -176,22 +194,16 @@ def test_a_failing_database_at_the_master_makes_workers_refuse(engine: Engine,
     audit.start()
 
     async def scenario() -> None:
-        server = AuditRelayServer(audit, path)
-        await server.start()
-        relay = AuditRelay(path)
-        await relay.start()
-        await wait_until(lambda: relay.healthy)
-        with engine.begin() as connection:  # the database breaks under the master
-            connection.execute(text("ALTER TABLE audit_events RENAME TO audit_events_away"))
-        relay.record(decision(0))  # sent; the master's commit fails and it holds the event
-        await wait_until(lambda: not relay.healthy)
-        with pytest.raises(AuditUnavailable):
-            relay.record(decision(1))
-        with engine.begin() as connection:
-            connection.execute(text("ALTER TABLE audit_events_away RENAME TO audit_events"))
-        await wait_until(lambda: relay.healthy)
-        await relay.close()
-        await server.close()
+        async with relayed(audit, path) as relay:
+            with engine.begin() as connection:  # the database breaks under the master
+                connection.execute(text("ALTER TABLE audit_events RENAME TO audit_events_away"))
+            relay.record(decision(0))  # sent; the master's commit fails and it holds the event
+            await wait_until(lambda: not relay.healthy)
+            with pytest.raises(AuditUnavailable):
+                relay.record(decision(1))
+            with engine.begin() as connection:
+                connection.execute(text("ALTER TABLE audit_events_away RENAME TO audit_events"))
+            await wait_until(lambda: relay.healthy)
 
     asyncio.run(scenario())
     audit.close()
@@ -212,16 +224,10 @@ def test_record_access_stores_what_record_of_the_event_stores(engine: Engine,
     unusual = (*usual[:7], True, *usual[8:])  # a bool status: JSON true, not 1
 
     async def scenario() -> None:
-        server = AuditRelayServer(audit, path)
-        await server.start()
-        relay = AuditRelay(path)
-        await relay.start()
-        await wait_until(lambda: relay.healthy)
-        for fields in (usual, unusual):
-            relay.record_access(fields)  # type: ignore[arg-type]
-            relay.record(AccessDecision(*fields))  # type: ignore[arg-type]
-        await relay.close()
-        await server.close()
+        async with relayed(audit, path) as relay:
+            for fields in (usual, unusual):
+                relay.record_access(fields)  # type: ignore[arg-type]
+                relay.record(AccessDecision(*fields))  # type: ignore[arg-type]
 
     asyncio.run(scenario())
     for fields in (usual, unusual):
