@@ -128,11 +128,26 @@ ROWS_PER_STATEMENT = 100
 def _insert(connection: Connection, table: str, columns: tuple[str, ...],
             rows: list[tuple[Any, ...]]) -> None:
     """Insert `rows` at the driver level (values already in their database form)."""
+    if connection.dialect.name == "postgresql":
+        _copy(connection, table, columns, rows)
+        return
     mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         part = rows[start:start + ROWS_PER_STATEMENT]
         connection.exec_driver_sql(_statement(table, columns, len(part), mark),
                                    tuple(chain.from_iterable(part)))
+
+
+def _copy(connection: Connection, table: str, columns: tuple[str, ...],
+          rows: list[tuple[Any, ...]]) -> None:
+    """PostgreSQL: the rows by `COPY … FROM STDIN` in this transaction (psycopg 3 writes them
+    in its C code; a multi-row INSERT had the server parse and plan every statement)."""
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    with driver.cursor() as cursor, cursor.copy(
+            f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:  # our constants
+        for row in rows:
+            copy.write_row(row)
 
 
 @lru_cache(maxsize=256)
