@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import stat
 import time
@@ -249,3 +250,18 @@ def test_record_access_stores_what_record_of_the_event_stores(engine: Engine,
     assert all(a == b for a, b in pairs)
     assert '"status":true' in pairs[1][0][2] and '"status":200' in pairs[0][0][2]
     assert pairs[0][0][1] == 'ta"na\nka'
+
+
+@pytest.mark.parametrize("actor", [
+    "tanaka", "", "田中 花子", "🏯", 'ta"na', "back\\slash", "tab\there", "nul\x00", "\u2028",
+    "\x7f", " spaced ", "/", "a\u0085b",
+])
+def test_the_actor_of_a_line_is_its_json_string(actor: str) -> None:
+    """The master reads the actor without the JSON parser when it can: always the same text
+    as the parser's, and anything that is not a JSON string is still refused."""
+    moment = "2026-04-01T00:00:00.000000Z"
+    line = f"signin.success\t{moment}\t{json.dumps(actor, ensure_ascii=False)}\t{{}}"
+    assert record_of(line).actor == actor
+    for broken in ('"a"b"', '"raw\x01"', "'single'", '"unterminated', "plain"):
+        with pytest.raises(ValueError):
+            record_of(f"signin.success\t{moment}\t{broken}\t{{}}")

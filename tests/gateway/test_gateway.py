@@ -15,6 +15,7 @@ from joserfc.jwk import KeySet
 from sekisho.audit.events import AccessDecision
 
 from .conftest import GUEST, HOST, STAFF, GatewayUnderTest, echoed, parse_response
+from .servers import ListAudit
 
 
 def upstream_headers(body: bytes) -> dict[str, list[str]]:
@@ -316,3 +317,13 @@ def test_invalid_host_is_refused_every_time(gw: GatewayUnderTest, host: str) -> 
         assert gw.request("GET", "/", host=host)[0] == 400
     assert gw.request("GET", "/")[0] == 200
     assert gw.request("GET", "/")[0] == 200
+
+
+def test_access_decisions_go_to_the_sink_in_place(gw: GatewayUnderTest) -> None:
+    """The per-request audit call is resolved when the sink is set, and set again with it."""
+    assert gw.request("GET", "/hello")[0] == 200
+    replacement = ListAudit()
+    gw.gateway.audit = replacement
+    assert gw.request("GET", "/hello")[0] == 200
+    assert [type(e) for e in replacement.events] == [AccessDecision]
+    assert sum(isinstance(e, AccessDecision) for e in gw.audit.events) == 1

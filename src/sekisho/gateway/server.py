@@ -139,9 +139,17 @@ class Gateway:
         self._plans_runtime: Runtime | None = None
         self.audit_failures = 0
         self._audit_warned_at = 0.0
+
+    @property
+    def audit(self) -> AuditSink:
+        return self._audit
+
+    @audit.setter
+    def audit(self, sink: AuditSink) -> None:
+        self._audit = sink
         # `record(AccessDecision(*fields))`; a sink may take the fields directly.
         self._record_access: Callable[[AccessFields], None] = getattr(
-            audit, "record_access", lambda fields: audit.record(AccessDecision(*fields)))
+            sink, "record_access", lambda fields: sink.record(AccessDecision(*fields)))
 
     # -- lifecycle ----------------------------------------------------------------------------
 
