@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import Engine, event, func, select, text
 
 from sekisho.audit.chain import GENESIS, canonical_json, verify
+from sekisho.audit.log import utc_text
 from sekisho.errors import StorageError
 from sekisho.storage.audit_log import (
     ROWS_PER_STATEMENT,
@@ -122,3 +123,30 @@ def test_two_processes_appending_at_once_keep_the_chain_linear(
     # Both really ran at once: their batches interleave in the chain.
     switches = sum(1 for a, b in itertools.pairwise(actors) if a != b)
     assert switches > 2
+
+
+def test_a_relayed_time_is_stored_exactly_as_the_column_type_stores_it(engine: Engine) -> None:
+    """Relayed records carry their time as text; on SQLite the writer cuts the stored text
+    from it instead of formatting the datetime again. Both ways must store the same value
+    (and PostgreSQL, which takes the datetime, must store the same instant)."""
+    moments = [datetime(2024, 4, 1, tzinfo=UTC), datetime(1999, 12, 31, 23, 59, 59, 999_999,
+                                                          tzinfo=UTC),
+               datetime(2026, 11, 26, 18, 33, 29, 492_526, tzinfo=UTC),
+               datetime(2030, 2, 28, 7, 5, 3, 7, tzinfo=UTC)]
+    items = []
+    for index, moment in enumerate(moments):
+        body = canonical_json("signout", moment, {"user": f"u{index}"})
+        items.append(PendingRecord("signout", moment, f"u{index}", body))
+        items.append(PendingRecord("signout", moment, f"u{index}", body, None,
+                                   utc_text(moment)))
+    items.append(PendingRecord("signout", T0, "odd", canonical_json("signout", T0, {}), None,
+                               "not a utc_text"))  # not of the shape: formatted as before
+    append_batch(engine, items)
+    with engine.connect() as connection:
+        stored = connection.execute(text(
+            "SELECT occurred_at FROM audit_events ORDER BY seq")).scalars().all()
+    assert stored[0::2][:len(moments)] == stored[1::2][:len(moments)]
+    records = list(iter_records(engine))
+    assert [r.occurred_at for r in records][:-1] == [m for m in moments for _ in (0, 1)]
+    assert records[-1].occurred_at == T0
+    assert search_records(engine, since=moments[2], until=moments[2] + timedelta(seconds=1))

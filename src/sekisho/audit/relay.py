@@ -122,7 +122,8 @@ def record_of(line: str) -> PendingRecord:
     event_type, moment, actor, body = line.split("\t", 3)
     if not (body.startswith("{") and body.endswith("}")):
         raise ValueError("audit relay record without a JSON body")
-    return PendingRecord(event_type, datetime.fromisoformat(moment), _actor(actor), body)
+    return PendingRecord(event_type, datetime.fromisoformat(moment), _actor(actor), body,
+                         None, moment)
 
 
 def _actor(text: str) -> str:
