@@ -15,8 +15,8 @@ changing any outcome, for as long as every one of those inputs is provably the s
 
 Only allows with a session are remembered; a deny, a sign-in redirect or a step-up is always
 decided afresh, as is every request when the session store offers no `quiet` (a test's
-stand-in). What is saved is the session lookup, building the facts and the evaluation: a
-third of a proxied request's own work (docs/benchmarks.md).
+stand-in). What is saved is the session lookup, building the facts and the evaluation: about
+a fifth of a worker's instructions per proxied request (docs/benchmarks.md).
 """
 
 from __future__ import annotations
