@@ -4,6 +4,8 @@ that is remembered, changes one input, and expects the answer a fresh decision g
 
 from __future__ import annotations
 
+import base64
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -216,9 +218,7 @@ def _verdict(allow: bool = True, session: bool = True) -> Verdict:
 
 def test_only_allows_with_a_session_are_kept_and_the_memo_is_bounded() -> None:
     memo, runtime = DecisionMemo(_Quiet()), object()
-    request = {"route": "app", "method": "GET", "path": "/", "host": HOST, "client": "::1"}
-    key = DecisionMemo.key("token", **request)
-    assert "token" not in key  # keyed by the session id, never the credential itself
+    key = (session_id_for("token"), "app", "GET", "/", HOST, "::1")
     for verdict in (_verdict(allow=False), _verdict(session=False)):
         memo.remember(runtime, key, verdict)  # type: ignore[arg-type]
         assert memo.recall(runtime, key) is None  # type: ignore[arg-type]
@@ -227,7 +227,47 @@ def test_only_allows_with_a_session_are_kept_and_the_memo_is_bounded() -> None:
     assert memo.recall(runtime, key) is kept  # type: ignore[arg-type]
     assert memo.recall(object(), key) is None  # type: ignore[arg-type]  # another snapshot
     for index in range(decisions.MAX_ENTRIES + 10):
-        memo.remember(runtime, DecisionMemo.key(str(index), **request),
-                      kept)  # type: ignore[arg-type]
+        memo.remember(runtime, (str(index), *key[1:]), kept)  # type: ignore[arg-type]
     assert len(memo._entries) <= decisions.MAX_ENTRIES
     assert DecisionMemo(object()).recall(runtime, key) is None  # type: ignore[arg-type]
+
+
+def _exchange(sock: socket.socket, token: str | None) -> tuple[int, bytes]:
+    """One request on a kept-alive connection; (status, body)."""
+    cookie = f"Cookie: __Host-sekisho={token}\r\n" if token else ""
+    sock.sendall(f"GET /open/page HTTP/1.1\r\nHost: {HOST}\r\nAccept: application/json\r\n"
+                 f"{cookie}\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(head.split()[1]), body
+
+
+def _subject(body: bytes) -> str:
+    """The `sub` of the identity assertion the upstream received (the echo's JSON)."""
+    headers = dict((k.lower(), v) for k, v in json.loads(body)["headers"])
+    payload = headers["x-sekisho-assertion"].split(".")[1]
+    return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"])
+
+
+def test_a_changed_cookie_on_the_same_connection_is_a_new_identity(kit: MemoGateway) -> None:
+    """The token and its session id are kept per connection while the Cookie headers stay
+    byte for byte the same; another cookie on the same connection is another identity."""
+    hanako = kit.sign_in()
+    users.create_user(kit.engine, "taro")
+    taro, _ = kit.sessions.create(users.require_user(kit.engine, "taro"), ["pwd"], "127.0.0.1",
+                                  "test")
+    with socket.create_connection(("127.0.0.1", kit.port), timeout=10) as sock:
+        status, body = _exchange(sock, hanako)
+        assert status == 200 and _subject(body) == "hanako"
+        assert _exchange(sock, taro)[0] == 403  # not in staff: not hanako's remembered allow
+        status, body = _exchange(sock, hanako)
+        assert status == 200 and _subject(body) == "hanako"
+        assert _exchange(sock, None)[0] == 401
+        assert _exchange(sock, hanako + "x")[0] == 401  # malformed: never a session
+    assert all(hanako not in key for key in kit.gateway.decisions._entries)  # ids, not tokens

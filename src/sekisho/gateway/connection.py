@@ -131,6 +131,8 @@ class ClientConnection(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         # The verified client certificate (mTLS), read once: it cannot change on a connection.
         self.certificate: ClientCertificate | None = None
+        # The last (cookie name, Cookie header values, token, session id) (Gateway._credentials).
+        self.credentials: tuple[bytes, list[bytes], str | None, str] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 

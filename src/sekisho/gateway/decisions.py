@@ -21,7 +21,6 @@ a fifth of a worker's instructions per proxied request (docs/benchmarks.md).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,8 @@ if TYPE_CHECKING:
 
 MAX_ENTRIES = 4096  # then the memo starts over: a miss only decides afresh
 
+# (session id — the token's SHA-256, never the token —, route id, method, normalised path,
+# host, client address)
 Key = tuple[str, str, str, str, str, str]
 
 
@@ -44,13 +45,6 @@ class DecisionMemo:
         self._quiet: Callable[[Any], bool] | None = getattr(sessions, "quiet", None)
         self._entries: dict[Key, Verdict] = {}
         self._runtime: Runtime | None = None
-
-    @staticmethod
-    def key(token: str, *, route: str, method: str, path: str, host: str, client: str) -> Key:
-        # The session id (the token's SHA-256, as storage keys it), not the token: the memo
-        # keeps no usable credential in memory.
-        return (hashlib.sha256(token.encode("ascii", "replace")).hexdigest(), route, method,
-                path, host, client)
 
     def recall(self, runtime: Runtime, key: Key) -> Verdict | None:
         """The remembered allow for exactly this request, while it still holds; else None."""

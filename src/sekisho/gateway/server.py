@@ -53,6 +53,7 @@ from sekisho.gateway.tcp import TcpAccess
 from sekisho.gateway.upstream import Origin, UpstreamError, UpstreamPool, parse_origin
 from sekisho.gateway.watch import LiveConnections
 from sekisho.identity.cli_login import CliCredentials
+from sekisho.identity.sessions import session_id_for
 from sekisho.observability import metrics
 from sekisho.policy import Policy
 from sekisho.runtime import Runtime
@@ -271,6 +272,21 @@ class Gateway:
             conn.scheme
         return client_ip, chain, scheme
 
+    def _credentials(self, conn: ClientConnection, exchange: Exchange) -> tuple[str | None, str]:
+        """The session token from the Cookie headers and its session id (SHA-256, as storage
+        keys it; "" without a token). The answer is kept per connection and reused while the
+        Cookie headers and the cookie name are byte for byte the same: a browser sends the
+        same cookies on every request of a kept-alive connection."""
+        name = self._cookie_name
+        values = [v for n, v in exchange.headers if len(n) == 6 and n.lower() == b"cookie"]
+        known = conn.credentials
+        if known is not None and known[0] == name and known[1] == values:
+            return known[2], known[3]
+        token = cookie_value(exchange.headers, name)
+        session_id = session_id_for(token) if token is not None else ""
+        conn.credentials = (name, values, token, session_id)
+        return token, session_id
+
     def _origin(self, runtime: Runtime, route: Route) -> tuple[Origin, bytes, bytes]:
         """The route's upstream origin, with its Host header and base path as bytes."""
         if self._origin_runtime is not runtime:
@@ -376,14 +392,13 @@ class Gateway:
         client_ip, chain, scheme = self._client(conn, exchange, config)
 
         self._constants(runtime)
-        token = cookie_value(exchange.headers, self._cookie_name)
+        token, session_id = self._credentials(conn, exchange)
         policy = runtime.policy_for(route)
         client_text = conn.peer_text if client_ip is conn.peer else str(client_ip)
         memo_key = verdict = None
         if (token is not None and policy is not None and not policy.clock
                 and conn.certificate is None):
-            memo_key = DecisionMemo.key(token, route=route.id, method=exchange.method,
-                                        path=target.path, host=host, client=client_text)
+            memo_key = (session_id, route.id, exchange.method, target.path, host, client_text)
             verdict = self.decisions.recall(runtime, memo_key)
         if verdict is None:
             verdict = await decide(
