@@ -410,7 +410,7 @@ class Gateway:
             )
             if memo_key is not None:
                 self.decisions.remember(runtime, memo_key, verdict)
-        if verdict.decision.allow and not getattr(self.audit, "healthy", True):
+        if verdict.decision.allow and not getattr(self._audit, "healthy", True):
             verdict = Verdict(AUDIT_DENY, verdict.session, 503)  # cannot audit: deny
         if not verdict.decision.allow:
             return self._deny(conn, exchange, route=route, target=target, verdict=verdict,
