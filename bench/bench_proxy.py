@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -192,7 +193,8 @@ def audit_master(spec_path: str, path: str) -> None:
     engine.dispose()
 
 
-def worker(spec_path: str, port: int, profile: str | None, relay: str | None = None) -> None:
+def worker(spec_path: str, port: int, profile: str | None, relay: str | None = None,
+           workers: int = 1) -> None:
     import uvloop
 
     from sekisho.app import tune_worker_process
@@ -207,7 +209,7 @@ def worker(spec_path: str, port: int, profile: str | None, relay: str | None = N
     from sekisho.storage.database import create_database_engine
     from sekisho.storage.keys import SigningKeyRepository
 
-    tune_worker_process(relayed=relay is not None)  # as `sekisho serve` tunes each worker
+    tune_worker_process(workers if relay is not None else 0)  # as `sekisho serve` does
     spec = json.loads(Path(spec_path).read_text())
     engine = create_database_engine(spec["url"])
     config = Config(source="<bench>", routes=(
@@ -275,7 +277,8 @@ def start_workers(spec: Path, port: int, count: int, profile: Path | None = None
             time.sleep(0.05)
         relay = ["--relay", path]
     for i in range(count):
-        command = [sys.executable, __file__, "--worker", str(spec), "--port", str(port), *relay]
+        command = [sys.executable, __file__, "--worker", str(spec), "--port", str(port),
+                   "--of", str(count), *relay]
         if profile is not None:
             command += ["--profile-out", f"{profile}.{i}"]
         procs.append(subprocess.Popen(command, env=env))
@@ -294,6 +297,37 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
+def cpu_use(pid: int) -> tuple[float, float, int]:
+    """(user seconds, system seconds, involuntary context switches) of a process so far, all
+    its threads: where a request's CPU goes, beside the rate (Linux `/proc`)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    switches = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("nonvoluntary_ctxt_switches"):
+                    switches += int(line.split()[1])
+    return int(fields[11]) / tick, int(fields[12]) / tick, switches
+
+
+def cpu_per_request(procs: list[subprocess.Popen[bytes]], before: list[tuple[float, float, int]],
+                    requests: float) -> dict[str, float]:
+    """CPU µs per request of the master (when there is one) and of all workers together,
+    their kernel share, and how often a worker was preempted per request."""
+    after = [cpu_use(proc.pid) for proc in procs]
+    used = [(a[0] - b[0], a[1] - b[1], a[2] - b[2]) for a, b in zip(after, before, strict=True)]
+    relaying = "--audit-master" in list(procs[0].args)  # type: ignore[arg-type]
+    master, workers = (used[0], used[1:]) if relaying else (None, used)
+    per = 1e6 / max(requests, 1.0)
+    result = {"workers_us": round(sum(u + k for u, k, _ in workers) * per, 1),
+              "workers_kernel_us": round(sum(k for _, k, _ in workers) * per, 1),
+              "worker_preemptions": round(sum(n for _, _, n in workers) / max(requests, 1.0), 3)}
+    if master is not None:
+        result["master_us"] = round((master[0] + master[1]) * per, 1)
+    return result
+
+
 # -- the run ----------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -310,12 +344,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--relay", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--profile-out", help=argparse.SUPPRESS)
+    parser.add_argument("--of", type=int, default=1, help=argparse.SUPPRESS)  # workers in all
     args = parser.parse_args(argv)
     if args.audit_master:
         audit_master(args.audit_master, args.relay)
         return {}
     if args.worker:
-        worker(args.worker, args.port, args.profile_out, args.relay)
+        worker(args.worker, args.port, args.profile_out, args.relay, args.of)
         return {}
     arrangements = args.audit.split(",")
 
@@ -347,8 +382,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     try:
                         wait_port(port, headers=cookie + "\r\n")
                         wrk(port, 2, [*headers, cookie])  # warm the caches and pools
-                        results[key(count, arrangement)] = wrk(port, args.duration,
-                                                               [*headers, cookie])
+                        before = [cpu_use(proc.pid) for proc in workers]
+                        run: dict[str, Any] = {**wrk(port, args.duration, [*headers, cookie])}
+                        run["cpu"] = cpu_per_request(workers, before,
+                                                     run["raw_rps"] * args.duration)
+                        results[key(count, arrangement)] = run
                     finally:
                         stop(workers)
             best_key = max((k for k in results if k.startswith("sekisho_")),
@@ -399,6 +437,13 @@ def report(results: dict[str, Any]) -> None:
         if isinstance(value, dict) and "rps" in value:
             print(f"{key:<14}{value['rps']:>10.0f}{value['p50_ms']:>10.2f}{value['p99_ms']:>10.2f}"
                   f"{value['non_2xx']:>10.0f}")
+    for key, value in results.items():
+        cpu = value.get("cpu") if isinstance(value, dict) else None
+        if cpu:
+            master = f"master {cpu['master_us']:.1f} µs, " if "master_us" in cpu else ""
+            print(f"{key}: CPU per request {master}workers {cpu['workers_us']:.1f} µs (kernel "
+                  f"{cpu['workers_kernel_us']:.1f}); workers preempted "
+                  f"{cpu['worker_preemptions']:.2f} times per request")
     half = results.get("half_rate")
     if half:
         for name in (k for k in half if k.startswith("sekisho")):

@@ -1,17 +1,29 @@
-"""The composition root's own duties: configuration warnings reach the log on reload, and the
-self-signed certificate names every host the listener answers to (routes and the portal)."""
+"""The composition root's own duties: configuration warnings reach the log on reload, the
+self-signed certificate names every host the listener answers to (routes and the portal), and
+relaying workers yield the CPU to their audit master only as much as it needs."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
-from sekisho.app import RuntimeHolder, reload, self_signed_hosts, server_ssl_context
+from sekisho.app import (
+    MASTER_KEEPS_UP,
+    NICE_STEP_WEIGHT,
+    RuntimeHolder,
+    reload,
+    self_signed_hosts,
+    server_ssl_context,
+    worker_nice,
+)
 from sekisho.config.loader import load_config
 from sekisho.config.model import Config, PortalSettings, Route, ServerSettings, TLSSettings
 from sekisho.observability.logs import JsonFormatter
@@ -107,3 +119,35 @@ def test_self_signed_hosts_are_listed_once() -> None:
     config = _config(Path("."), "wiki.city.example")
     hosts = self_signed_hosts(config)
     assert len(hosts) == len(set(hosts)) and hosts.count("wiki.city.example") == 1
+
+
+def test_workers_run_at_the_masters_priority_while_it_keeps_up() -> None:
+    assert [worker_nice(n) for n in range(1, MASTER_KEEPS_UP + 1)] == [0] * MASTER_KEEPS_UP
+
+
+@pytest.mark.parametrize("workers", [4, 5, 6, 8, 12, 64, 10_000])
+def test_more_workers_yield_enough_for_the_master_to_keep_up(workers: int) -> None:
+    """The workers' total weight stays within what the master records at its own weight
+    (`MASTER_KEEPS_UP` workers' worth), by the fewest nice steps (a lower priority than
+    needed costs throughput); never past nice 19."""
+    steps = worker_nice(workers)
+    weight = NICE_STEP_WEIGHT ** -steps  # a worker's weight, the master's being 1
+    if steps < 19:
+        assert workers * weight <= MASTER_KEEPS_UP
+        assert workers * weight * NICE_STEP_WEIGHT > MASTER_KEEPS_UP  # one step fewer: not
+    assert 0 < steps <= 19
+    assert steps >= worker_nice(workers - 1)
+
+
+@pytest.mark.parametrize("workers", [0, 2, 6])
+def test_a_worker_process_takes_its_nice_level(workers: int) -> None:
+    """`tune_worker_process` in a real process: its priority is the parent's plus the steps
+    for `workers` relaying workers (0: a lone process writing its own log, unchanged)."""
+    code = ("import os, sys; from sekisho.app import tune_worker_process; "
+            f"tune_worker_process({workers}); "
+            "print(os.getpriority(os.PRIO_PROCESS, 0), sys.getswitchinterval())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    parent = os.getpriority(os.PRIO_PROCESS, 0)
+    assert int(out[0]) == min(parent + (worker_nice(workers) if workers else 0), 19)
+    assert float(out[1]) == 0.001

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import signal
 import ssl
@@ -40,13 +41,6 @@ MASTER_PID_ENV = "SEKISHO_MASTER_PID"  # set by the master for its workers
 # behind under full load (its events are then refused: 503) and every slice it takes stalls
 # the loop by up to 5 ms (tail latency). 1 ms keeps both in check (docs/benchmarks.md).
 WORKER_SWITCH_INTERVAL = 0.001
-# How much lower a relaying worker's CPU priority is than its master's. The master holds the
-# installation's audit writer; when the machine is saturated the scheduler shares time per
-# process, and with N workers feeding it the master's share fell below what recording their
-# requests costs: its log lagged past `max_lag` and the workers refused requests (503) in
-# bursts. Five steps give the master about three times a worker's weight, so overload now
-# queues requests instead of refusing them (docs/benchmarks.md).
-WORKER_NICE = 5
 
 
 def tune_master_process() -> None:
@@ -56,12 +50,32 @@ def tune_master_process() -> None:
     sys.setswitchinterval(WORKER_SWITCH_INTERVAL)
 
 
-def tune_worker_process(*, relayed: bool = False) -> None:
+# How many workers the master, writing the audit log for all of them, keeps up with at their
+# own CPU priority on a saturated machine. It spends about a third of a worker's CPU time per
+# request (11–14 µs against 40–43); measured on 2 cores: with 4 workers at its priority it kept
+# up, with 6 it fell behind and 23,030 requests were refused (503) in 15 s (docs/benchmarks.md).
+MASTER_KEEPS_UP = 3
+NICE_STEP_WEIGHT = 1.25  # the Linux scheduler's weight ratio between two nice levels
+
+
+def worker_nice(workers: int) -> int:
+    """How many nice steps below the master each of `workers` relaying workers runs: none
+    while the master keeps up at the same priority, then enough that the workers' weight is
+    at most `MASTER_KEEPS_UP / workers` of the master's. A lower priority than needed costs
+    throughput: every other process on the machine preempts the workers (nice +5 for 2
+    workers: 5–14 % fewer requests a second on 2 cores)."""
+    if workers <= MASTER_KEEPS_UP:
+        return 0
+    return min(19, math.ceil(math.log(workers / MASTER_KEEPS_UP, NICE_STEP_WEIGHT)))
+
+
+def tune_worker_process(relaying_workers: int = 0) -> None:
     """Process-wide settings for a gateway worker (one event loop, and an audit writer thread
-    unless `relayed`: then the master writes, and must win the CPU over its workers)."""
+    unless it is one of `relaying_workers` whose master writes: then it yields the CPU to the
+    master as `worker_nice` says)."""
     sys.setswitchinterval(WORKER_SWITCH_INTERVAL)
-    if relayed:
-        os.nice(WORKER_NICE)
+    if relaying_workers:
+        os.nice(worker_nice(relaying_workers))
 
 
 @dataclass(frozen=True)
@@ -224,7 +238,7 @@ async def run_worker(launch: Launch, *, reuse_port: bool, admin: bool, audit_rel
     # A worker of a master sends its events to the master's single writer (no writer
     # thread taking this process's GIL from its event loop); a lone process writes itself.
     relay_socket = None if admin else os.environ.get(RELAY_ENV)
-    tune_worker_process(relayed=relay_socket is not None)
+    tune_worker_process(launch.workers if relay_socket else 0)
     config = launch.config
     engine = open_storage(config)
     holder = RuntimeHolder(build_runtime(config, digest_of(launch.config_path, config)))
