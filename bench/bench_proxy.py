@@ -169,7 +169,7 @@ def audit_master(spec_path: str, path: str) -> None:
     """The master's part of `sekisho serve` with workers > 1: the single audit writer."""
     import uvloop
 
-    from sekisho.app import tune_master_process
+    from sekisho.app import freeze_heap, tune_master_process
     from sekisho.audit.log import AuditLog
     from sekisho.audit.relay import AuditRelayServer
     from sekisho.storage.database import create_database_engine
@@ -183,6 +183,7 @@ def audit_master(spec_path: str, path: str) -> None:
     async def run() -> None:
         server = AuditRelayServer(audit, path)
         await server.start()
+        freeze_heap()  # as `sekisho serve` does once started
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
@@ -197,7 +198,7 @@ def worker(spec_path: str, port: int, profile: str | None, relay: str | None = N
            workers: int = 1) -> None:
     import uvloop
 
-    from sekisho.app import tune_worker_process
+    from sekisho.app import freeze_heap, tune_worker_process
     from sekisho.audit.log import AuditLog
     from sekisho.audit.relay import AuditRelay
     from sekisho.config.model import Config, ListenAddress, Route, SessionSettings
@@ -235,6 +236,7 @@ def worker(spec_path: str, port: int, profile: str | None, relay: str | None = N
             audit = local
         gateway = Gateway(lambda: runtime, sessions, audit, keyring, {})
         await gateway.start([ListenAddress("127.0.0.1", port)], None, reuse_port=True)
+        freeze_heap()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
