@@ -8,12 +8,25 @@ import signal
 import time
 from pathlib import Path
 
+from sekisho.app import worker_nice
+
 from .harness import EchoUpstream, GatewayProcess
 
 
 def _worker_pids(master: int) -> list[int]:
     children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
     return [int(pid) for pid in children]
+
+
+def _assert_worker_priority(master: int, workers: int) -> None:
+    """Relaying workers run `worker_nice(workers)` steps below the master: enough for the
+    audit master to keep up, no more (a lowered worker loses the CPU to every other process;
+    with two workers they keep the master's priority)."""
+    expected = min(os.getpriority(os.PRIO_PROCESS, master) + worker_nice(workers), 19)
+    deadline = time.monotonic() + 10
+    while {os.getpriority(os.PRIO_PROCESS, pid) for pid in _worker_pids(master)} != {expected}:
+        assert time.monotonic() < deadline, f"workers should run at nice {expected}"
+        time.sleep(0.1)
 
 
 def test_two_workers_serve_reload_and_are_restarted(tmp_path: Path,
@@ -28,6 +41,7 @@ def test_two_workers_serve_reload_and_are_restarted(tmp_path: Path,
         while len(_worker_pids(gateway.process.pid)) < 2:
             assert time.monotonic() < deadline, "workers did not start"
             time.sleep(0.1)
+        _assert_worker_priority(gateway.process.pid, 2)
         browser = gateway.browser()
         # Sessions live in the database: a sign-in on one worker is valid on the other.
         browser.signin("wiki.localhost", "tanaka")
