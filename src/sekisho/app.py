@@ -53,7 +53,7 @@ def tune_master_process() -> None:
 
 # How many workers the master, writing the audit log for all of them, keeps up with at their
 # own CPU priority on a saturated machine. It spends about a third of a worker's CPU time per
-# request (11–14 µs against 40–43); measured on 2 cores: with 4 workers at its priority it kept
+# request (11–14 µs against 40–45); measured on 2 cores: with 4 workers at its priority it kept
 # up, with 6 it fell behind and 23,030 requests were refused (503) in 15 s (docs/benchmarks.md).
 MASTER_KEEPS_UP = 3
 NICE_STEP_WEIGHT = 1.25  # the Linux scheduler's weight ratio between two nice levels
