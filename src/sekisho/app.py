@@ -477,11 +477,12 @@ def _serve_forked(launch: Launch, workers: int) -> int:
 
         def on_hup() -> None:
             keyring.reload()
-            reload(launch.config_path, holder, audit)
+            swapped = reload(launch.config_path, holder, audit)
             for child in children:
                 with contextlib.suppress(ProcessLookupError):
                     child.send_signal(signal.SIGHUP)
-            freeze_heap()
+            if swapped:  # as the workers: a refused file replaced nothing to reclaim
+                freeze_heap()
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
