@@ -177,7 +177,7 @@ def audit_master(spec_path: str, path: str) -> None:
     tune_master_process()  # as `sekisho serve` tunes its master
     spec = json.loads(Path(spec_path).read_text())
     engine = create_database_engine(spec["url"])
-    audit = AuditLog(engine)
+    audit = AuditLog(engine, background=True)  # as `sekisho serve`'s master
     audit.start()
 
     async def run() -> None:

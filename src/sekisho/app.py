@@ -454,7 +454,7 @@ def _serve_forked(launch: Launch, workers: int) -> int:
         keyring.ensure()  # before the workers start, so they never race to create the first key
         # The installation's single audit writer: the workers relay their events here.
         audit = AuditLog(engine, flush_interval=launch.config.audit.flush_interval,
-                         batch_max=launch.config.audit.batch_max)
+                         batch_max=launch.config.audit.batch_max, background=True)
         audit.start()
         relay = AuditRelayServer(audit, relay_path(Path(launch.config.server.data_dir)))
         await relay.start()

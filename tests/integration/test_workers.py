@@ -29,6 +29,22 @@ def _assert_worker_priority(master: int, workers: int) -> None:
         time.sleep(0.1)
 
 
+def _assert_idle_audit_threads(master: int) -> None:
+    """The master's audit writer and WAL checkpointer run at idle CPU priority while the
+    machine has CPU to spare (audit.priority); its other threads never do."""
+    deadline = time.monotonic() + 15
+    while True:
+        idle = [int(tid) for tid in os.listdir(f"/proc/{master}/task")
+                if os.sched_getscheduler(int(tid)) == os.SCHED_IDLE]
+        if len(idle) == 2:
+            break
+        assert time.monotonic() < deadline, f"idle threads in the master: {idle}"
+        time.sleep(0.1)
+    assert os.sched_getscheduler(master) == os.SCHED_OTHER  # its event loop
+    for worker in _worker_pids(master):
+        assert os.sched_getscheduler(worker) == os.SCHED_OTHER
+
+
 def test_two_workers_serve_reload_and_are_restarted(tmp_path: Path,
                                                     upstream: EchoUpstream) -> None:
     gateway = GatewayProcess(tmp_path, f"sqlite:///{tmp_path}/sekisho.db", upstream)
@@ -42,6 +58,7 @@ def test_two_workers_serve_reload_and_are_restarted(tmp_path: Path,
             assert time.monotonic() < deadline, "workers did not start"
             time.sleep(0.1)
         _assert_worker_priority(gateway.process.pid, 2)
+        _assert_idle_audit_threads(gateway.process.pid)
         browser = gateway.browser()
         # Sessions live in the database: a sign-in on one worker is valid on the other.
         browser.signin("wiki.localhost", "tanaka")

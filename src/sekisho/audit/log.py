@@ -33,6 +33,7 @@ from sqlalchemy import Engine
 from sekisho.audit.chain import RESERVED_KEYS, canonical_json
 from sekisho.audit.columns import of_event
 from sekisho.audit.events import AccessDecision, AccessFields, AuditEvent
+from sekisho.audit.priority import BackgroundPriority, idle_is_reversible
 from sekisho.errors import SekishoError
 from sekisho.storage.audit_log import PendingRecord, append_batch, check_writable
 from sekisho.storage.checkpoint import WalCheckpointer, has_wal
@@ -230,6 +231,9 @@ class AuditLog:
     retry_max = 1.0
     transaction_max = 2_000  # events per transaction: short commits keep lock and loss window small
     backlog_seconds = 0.4  # refuse when more wait than the writer commits in this time
+    # With `background`: the log lags, and the threads go back to normal priority, once its
+    # oldest event has waited this much longer than `flush_interval` (audit.priority).
+    lift_margin = 0.1
 
     def __init__(
         self,
@@ -241,7 +245,11 @@ class AuditLog:
         queue_max: int = 100_000,
         max_lag: float = 0.6,
         monotonic: Callable[[], float] = time.monotonic,
+        background: bool = False,
     ) -> None:
+        """`background`: the writer and checkpoint threads run at idle CPU priority while the
+        machine has CPU to spare (`audit.priority`); for a process that serves no requests
+        itself (the master), as a thread preempted while holding the GIL stalls the others."""
         self._engine = engine
         self._now = now
         self._flush_interval = flush_interval
@@ -251,6 +259,8 @@ class AuditLog:
         # much a hard kill can lose even when the writer falls behind.
         self._max_lag = max_lag
         self._monotonic = monotonic
+        self._background = background
+        self.priority: BackgroundPriority | None = None  # set by start() with `background`
         self._queue: deque[_Item] = deque()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -389,13 +399,33 @@ class AuditLog:
         return queued_at
 
     def _lagging(self, now: float) -> bool:
+        return self._age(now) > self._max_lag
+
+    def _age(self, now: float) -> float:
+        """How long the oldest uncommitted event has waited (0 when none waits)."""
         oldest = self._inflight_since
         if oldest is None:
             try:
                 oldest = self._queue[0].queued_at
             except IndexError:
-                return False
-        return now - oldest > self._max_lag
+                return 0.0
+        return now - oldest
+
+    def _behind(self) -> bool:
+        return self._stopping or \
+            self._age(self._monotonic()) > self._flush_interval + self.lift_margin
+
+    def keep_up(self) -> None:
+        """Lift the background threads to normal priority if the log lags: the master's loop
+        calls this every status tick, as the writer may be too starved to notice itself."""
+        if self.priority is not None and self._behind():
+            self.priority.lift()
+
+    @property
+    def lift_after(self) -> float:
+        """Seconds after which a worker whose batch is not yet acknowledged lifts the
+        background threads (the commit after the next flush, and some margin)."""
+        return self._flush_interval + 2 * self.lift_margin
 
     def _pending(self, event: AuditEvent, occurred_at: datetime | None = None) -> PendingRecord:
         if occurred_at is None:
@@ -424,6 +454,19 @@ class AuditLog:
         self._thread = threading.Thread(target=self._run, name="sekisho-audit-writer",
                                         daemon=True)
         self._thread.start()
+        if self._background:
+            self._lower_priority()
+
+    def _lower_priority(self) -> None:
+        if not idle_is_reversible():
+            log.info("audit: writer stays at normal CPU priority (idle priority needs leave "
+                     "to return: CAP_SYS_NICE or RLIMIT_NICE for nice 0, docs/operations.md)")
+            return
+        assert self._thread is not None and self._thread.native_id is not None
+        tids = [self._thread.native_id]
+        if self.checkpointer is not None and self.checkpointer.native_id is not None:
+            tids.append(self.checkpointer.native_id)
+        self.priority = BackgroundPriority(tuple(tids))
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop accepting events and commit everything queued; raises if some could not be."""
@@ -432,6 +475,8 @@ class AuditLog:
         self._closed = True
         self._stopping = True
         self._give_up_at = self._monotonic() + timeout
+        if self.priority is not None:
+            self.priority.lift()  # what is left is committed at normal priority
         if self._thread is not None:
             self._wake.set()
             self._thread.join(timeout)
@@ -480,6 +525,8 @@ class AuditLog:
         """Commit batches until the queue is empty; on failure keep the batch and retry."""
         attempt = 0
         while True:
+            if self.priority is not None:
+                self.priority.step(self._behind())
             batch = self._held or self._take()
             if not batch and (self._healthy or self._stopping):
                 return

@@ -22,7 +22,9 @@ Worker → master: `B` a batch of access decisions, `D` one durable event; each 
 line `event_type TAB occurred_at TAB json(actor) TAB body` (canonical JSON escapes every
 control character, so neither TAB-splitting the head nor NL-splitting records can be fooled
 by event content). Master → worker: `A` committed, `N` refused (payload: the reason), `H`
-status (payload `1` healthy / `0` not).
+status (payload `1` healthy / `0` not), `P` once after connecting when the master's audit
+threads run at idle priority (payload: milliseconds after which an unacknowledged frame means
+the log lags, then their thread ids; the worker then lifts them, `audit.priority`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from datetime import UTC, datetime
 from json.encoder import encode_basestring as _quote
 from typing import cast
 
+from sekisho.audit import priority
 from sekisho.audit.chain import canonical_json
 from sekisho.audit.events import AccessDecision, AccessFields, AuditEvent
 from sekisho.audit.log import (
@@ -61,6 +64,7 @@ log = logging.getLogger("sekisho.audit.relay")
 RELAY_ENV = "SEKISHO_AUDIT_RELAY"  # set by the master for its worker processes
 _HEADER = struct.Struct("!IBQ")
 _BATCH, _DURABLE, _ACK, _NACK, _STATUS = b"B"[0], b"D"[0], b"A"[0], b"N"[0], b"H"[0]
+_PRIORITY = b"P"[0]
 _FRAME_MAX = 64 << 20  # a peer announcing more is broken: drop the connection
 _UNAVAILABLE = "監査ログに記録できません / the audit log cannot record events"
 
@@ -169,6 +173,11 @@ class AuditRelay(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._dialling: asyncio.Task[None] | None = None
         self.batches = 0
+        # The master's audit threads at idle priority, and when to lift them (a `P` frame).
+        self._lift_tids: tuple[int, ...] = ()
+        self._lift_after = 0.0
+        self._lifted_at = 0.0
+        self.lifts = 0
 
     # -- the AuditSink ------------------------------------------------------------------------
 
@@ -293,6 +302,7 @@ class AuditRelay(asyncio.Protocol):
         self._transport = None
         self._ok = False
         self._master_ok = False
+        self._lift_tids = ()  # a new master sends its own
         # What was sent and not acknowledged may or may not be committed: durable callers
         # are refused (their action fails), decisions are not resent (no duplicates).
         self._fail_outstanding("connection lost")
@@ -313,6 +323,9 @@ class AuditRelay(asyncio.Protocol):
                 self._master_ok = payload == b"1"
                 self._status_at = self._monotonic()
                 self._update()
+                continue
+            if kind == _PRIORITY:
+                self._take_lift(payload)
                 continue
             entry = self._outstanding.pop(frame_id, None)
             if entry is None or entry[1] is None or entry[1].done():
@@ -354,6 +367,24 @@ class AuditRelay(asyncio.Protocol):
             assert self._loop is not None
             self._timer = self._loop.call_later(0.05, self._tick)
 
+    def _take_lift(self, payload: bytes) -> None:
+        try:
+            after, *tids = (int(word) for word in payload.split())
+        except ValueError:
+            log.warning("audit relay: ignoring a malformed priority frame from the master")
+            return
+        self._lift_after, self._lift_tids = after / 1000, tuple(tids)
+
+    def _lift(self, waited: float, now: float) -> None:
+        """The oldest frame has `waited` for its acknowledgement: past `_lift_after`, lift the
+        master's idle audit threads (at most once per `_lift_after`)."""
+        if (self._lift_tids and waited > self._lift_after
+                and now - self._lifted_at > self._lift_after):
+            self._lifted_at = now
+            self.lifts += 1
+            if not priority.set_idle(self._lift_tids, False):
+                log.warning("audit relay: could not lift the master's audit threads")
+
     def _update(self) -> None:
         now = self._monotonic()
         stale = False
@@ -361,6 +392,7 @@ class AuditRelay(asyncio.Protocol):
             # A durable append waits up to `durable_timeout`; a decision batch's ack is the
             # liveness signal: a master that stopped committing makes the relay refuse.
             stale = future is None and now - sent_at > self.ack_timeout
+            self._lift(now - sent_at, now)
             break
         why = ("not connected" if self._transport is None else
                "master's audit log unhealthy" if not self._master_ok else
@@ -397,6 +429,10 @@ class _MasterSide(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self._server.connections.add(self)
         self.send_status(self._server.audit.healthy)
+        audit = self._server.audit
+        if audit.priority is not None:
+            words = [str(round(audit.lift_after * 1000)), *map(str, audit.priority.tids)]
+            self.transport.write(_frame(_PRIORITY, 0, " ".join(words).encode()))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
@@ -467,6 +503,7 @@ class AuditRelayServer:
             lambda done: loop.call_soon_threadsafe(side.answer, frame_id, done))
 
     def _status(self) -> None:
+        self.audit.keep_up()
         ok = self.audit.healthy
         for side in list(self.connections):
             side.send_status(ok)

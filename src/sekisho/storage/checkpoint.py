@@ -45,6 +45,11 @@ class WalCheckpointer:
                                             daemon=True)
             self._thread.start()
 
+    @property
+    def native_id(self) -> int | None:
+        """The kernel's id of the thread (for its CPU priority), once started."""
+        return None if self._thread is None else self._thread.native_id
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         if self._thread is not None:
