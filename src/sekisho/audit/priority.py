@@ -109,7 +109,7 @@ class Governor:
     wanted level out). Idle only after `hold` seconds of samples that each found the log up to
     date and at least `min_idle` of the CPU unused; one sample otherwise lifts at once."""
 
-    def __init__(self, hold: float = 2.0, min_idle: float = 0.25) -> None:
+    def __init__(self, hold: float = 2.0, min_idle: float = 0.2) -> None:
         self.hold = hold
         self.min_idle = min_idle
         self._calm_since: float | None = None
@@ -128,7 +128,7 @@ class BackgroundPriority:
     thread (the master's loop) undoes idleness at once. Changes are logged at debug level and
     counted (`lowered`, `lifted`)."""
 
-    sample_every = 0.1  # seconds: shorter steps reuse the last CPU sample
+    sample_every = 0.5  # seconds per CPU sample (shorter ones swing with every burst)
 
     def __init__(self, tids: tuple[int, ...], governor: Governor | None = None,
                  idle_share: Callable[[], float | None] | None = None,
