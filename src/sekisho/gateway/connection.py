@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from sekisho.gateway.mtls import ClientCertificate, peer_certificate
 
 if TYPE_CHECKING:
     from sekisho.gateway.server import Gateway
+
+log = logging.getLogger("sekisho.gateway")
 
 BUFFER_HIGH = 256 * 1024  # request body bytes held while no upstream is attached
 
@@ -122,6 +125,7 @@ class ClientConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._header_count = 0
         self._header_size = 0
+        self.started = False  # a request has begun on this connection
         self._in_head = False
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
@@ -152,6 +156,11 @@ class ClientConnection(asyncio.Protocol):
         self.task = self.loop.create_task(self.gateway.serve(self))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and not self.started:
+            # A connection cut before its first request (a TLS error, a reset) leaves no other
+            # trace: no request, no decision, no audit record. Its cause, never its data.
+            log.info("connection lost before a request", extra={"fields": {
+                "peer": self.peer_text, "error": type(exc).__name__, "detail": str(exc)[:200]}})
         self.closed = True
         self.gateway.connections.discard(self)
         self._disarm()
@@ -208,6 +217,7 @@ class ClientConnection(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.started = True
         self.current = Exchange()
         self._in_head = True
         self._header_count = 0
