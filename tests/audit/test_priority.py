@@ -348,3 +348,50 @@ def test_a_malformed_priority_frame_is_ignored(tmp_path: Path, sleeper: int) -> 
         return relay
 
     asyncio.run(scenario())
+
+
+def test_a_failing_priority_control_leaves_the_writer_writing_at_normal_priority(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sekisho.storage.database import create_database_engine, upgrade
+
+    engine = create_database_engine(f"sqlite:///{tmp_path}/a.db")
+    upgrade(engine)
+    audit = AuditLog(engine, flush_interval=0.05, background=True)
+    audit.start()
+    try:
+        priority = audit.priority
+        assert priority is not None
+        priority.governor.hold = 0.0
+        wait_for(lambda: all(is_idle(tid) for tid in priority.tids))
+
+        def broken() -> float:
+            raise ValueError("an unreadable /proc/stat")
+
+        monkeypatch.setattr(priority, "_idle_share", broken)
+        priority.sample_every = 0.0
+        wait_for(lambda: audit.priority is None)
+        assert not any(is_idle(tid) for tid in priority.tids)
+        for n in range(20):
+            audit.record(decision(n))
+        audit.flush()
+        assert audit.healthy
+    finally:
+        audit.close()
+    assert len(list(iter_records(engine))) == 20
+    engine.dispose()
+
+
+def test_lift_never_waits_for_the_writer(sleeper: int) -> None:
+    priority = BackgroundPriority((sleeper,), Governor(hold=0.0), lambda: 0.9)
+    priority.sample_every = 0.0
+    priority.step(False)
+    priority.step(False)
+    assert is_idle(sleeper)
+    with priority._lock:  # the writer, preempted inside its step
+        lifting = threading.Thread(target=priority.lift)  # the master's loop
+        lifting.start()
+        lifting.join(2.0)
+        assert not lifting.is_alive(), "lift() waited for the writer's lock"
+        assert not is_idle(sleeper)
+    priority.step(False)  # it notices it was lifted: lagging, not calm
+    assert not priority.idle and priority.lifted == 1 and not is_idle(sleeper)

@@ -33,7 +33,7 @@ from sqlalchemy import Engine
 from sekisho.audit.chain import RESERVED_KEYS, canonical_json
 from sekisho.audit.columns import of_event
 from sekisho.audit.events import AccessDecision, AccessFields, AuditEvent
-from sekisho.audit.priority import BackgroundPriority, idle_is_reversible
+from sekisho.audit.priority import BackgroundPriority, idle_is_reversible, set_idle
 from sekisho.errors import SekishoError
 from sekisho.storage.audit_log import PendingRecord, append_batch, check_writable
 from sekisho.storage.checkpoint import WalCheckpointer, has_wal
@@ -421,6 +421,16 @@ class AuditLog:
         if self.priority is not None and self._behind():
             self.priority.lift()
 
+    def _steer(self, priority: BackgroundPriority) -> None:
+        """One step of the threads' priority; a failure there must not stop the writer: the
+        threads go back to normal priority for good."""
+        try:
+            priority.step(self._behind())
+        except Exception:
+            log.exception("audit: CPU priority control failed; writer stays at normal priority")
+            self.priority = None
+            set_idle(priority.tids, False)
+
     @property
     def lift_after(self) -> float:
         """Seconds after which a worker whose batch is not yet acknowledged lifts the
@@ -526,7 +536,7 @@ class AuditLog:
         attempt = 0
         while True:
             if self.priority is not None:
-                self.priority.step(self._behind())
+                self._steer(self.priority)
             batch = self._held or self._take()
             if not batch and (self._healthy or self._stopping):
                 return

@@ -163,11 +163,18 @@ class BackgroundPriority:
             self._apply(want)
 
     def lift(self) -> None:
-        """Back to normal priority now (the log lags); the governor decides when to go idle."""
-        with self._lock:
+        """Back to normal priority now (the log lags); the governor decides when to go idle.
+        Never waits: while the writer holds the lock (it may be preempted there, at idle
+        priority) the threads are lifted directly, and its next step sees that they were."""
+        if not self._lock.acquire(blocking=False):
+            set_idle(self.tids, False)
+            return
+        try:
             self.governor.idle(self._monotonic(), True, None)
             if self.idle:
                 self._apply(False)
+        finally:
+            self._lock.release()
 
     def _apply(self, idle: bool) -> None:
         if not set_idle(self.tids, idle):
