@@ -57,6 +57,24 @@ def sleeper() -> Iterator[int]:
         thread.join()
 
 
+@pytest.fixture
+def file_engine(tmp_path: Path) -> Iterator[Engine]:
+    """A migrated SQLite database in a file: in WAL mode, so the log has a checkpoint thread
+    beside its writer."""
+    from sekisho.storage.database import create_database_engine, upgrade
+
+    engine = create_database_engine(f"sqlite:///{tmp_path}/a.db")
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def background_log(engine: Engine) -> AuditLog:
+    audit = AuditLog(engine, flush_interval=0.05, background=True)
+    audit.start()
+    return audit
+
+
 # -- the decision, pure ----------------------------------------------------------------------
 
 @pytest.mark.parametrize(("samples", "expected"), [
@@ -178,16 +196,11 @@ def test_background_priority_notices_a_lift_from_elsewhere(sleeper: int) -> None
 
 
 def test_the_writer_and_checkpointer_go_idle_while_the_machine_is(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sekisho.storage.database import create_database_engine, upgrade
-
+        file_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     # An idle machine, whatever else runs beside the test (the reading: test_cpu_idle_share).
     monkeypatch.setattr(CpuIdleShare, "__call__", lambda self: 0.9)
-
-    engine = create_database_engine(f"sqlite:///{tmp_path}/a.db")
-    upgrade(engine)
-    audit = AuditLog(engine, flush_interval=0.05, background=True)
-    audit.start()
+    engine = file_engine
+    audit = background_log(engine)
     try:
         priority = audit.priority
         assert priority is not None and len(priority.tids) == 2  # writer and checkpointer
@@ -203,7 +216,6 @@ def test_the_writer_and_checkpointer_go_idle_while_the_machine_is(
         audit.close()
     assert not any(is_idle(tid) for tid in priority.tids if tid_alive(tid))
     assert len(list(iter_records(engine))) == 50
-    engine.dispose()
 
 
 def priority_hold(audit: AuditLog) -> float:
@@ -215,18 +227,23 @@ def tid_alive(tid: int) -> bool:
     return os.path.exists(f"/proc/{os.getpid()}/task/{tid}")
 
 
-def test_a_saturated_machine_gets_the_idle_writer_lifted(engine: Engine) -> None:
+def test_a_saturated_machine_gets_the_idle_writer_lifted(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every core busy at normal priority: an idle writer would get almost no CPU (its events
     then wait past `max_lag` and every request is refused). The master's `keep_up` tick
     lifts it, and the governor keeps it up while the machine has no idle time."""
-    audit = AuditLog(engine, flush_interval=0.05, background=True)
-    audit.start()
+    reading = CpuIdleShare.__call__
+    calm = [True]  # an idle machine to begin with, whatever runs beside the test; then the
+    monkeypatch.setattr(CpuIdleShare, "__call__",  # real reading, under the spinners' load
+                        lambda self: 0.9 if calm[0] else reading(self))
+    audit = background_log(engine)
     spinners: list[subprocess.Popen[bytes]] = []
     try:
         priority = audit.priority
         assert priority is not None
         priority.governor.hold = 0.3
         wait_for(lambda: priority.idle and all(is_idle(tid) for tid in priority.tids))
+        calm[0] = False
         spin = "import time\nend = time.monotonic() + 4\nwhile time.monotonic() < end: pass"
         spinners = [subprocess.Popen([sys.executable, "-c", spin])
                     for _ in range(6 * (os.cpu_count() or 1))]
@@ -255,13 +272,9 @@ def test_a_saturated_machine_gets_the_idle_writer_lifted(engine: Engine) -> None
 
 # -- the relay -------------------------------------------------------------------------------
 
-def test_the_master_tells_its_workers_which_threads_to_lift(tmp_path: Path) -> None:
-    from sekisho.storage.database import create_database_engine, upgrade
-
-    engine = create_database_engine(f"sqlite:///{tmp_path}/a.db")
-    upgrade(engine)
-    audit = AuditLog(engine, flush_interval=0.05, background=True)
-    audit.start()
+def test_the_master_tells_its_workers_which_threads_to_lift(tmp_path: Path,
+                                                            file_engine: Engine) -> None:
+    audit = background_log(file_engine)
     path = str(tmp_path / "a.sock")
 
     async def scenario() -> tuple[float, tuple[int, ...]]:
@@ -286,7 +299,6 @@ def test_the_master_tells_its_workers_which_threads_to_lift(tmp_path: Path) -> N
         assert after == pytest.approx(audit.lift_after, abs=0.001)
     finally:
         audit.close()
-        engine.dispose()
 
 
 def test_a_worker_lifts_the_masters_threads_when_its_batch_waits(tmp_path: Path,
@@ -351,13 +363,10 @@ def test_a_malformed_priority_frame_is_ignored(tmp_path: Path, sleeper: int) -> 
 
 
 def test_a_failing_priority_control_leaves_the_writer_writing_at_normal_priority(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sekisho.storage.database import create_database_engine, upgrade
-
-    engine = create_database_engine(f"sqlite:///{tmp_path}/a.db")
-    upgrade(engine)
-    audit = AuditLog(engine, flush_interval=0.05, background=True)
-    audit.start()
+        file_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(CpuIdleShare, "__call__", lambda self: 0.9)  # an idle machine
+    engine = file_engine
+    audit = background_log(engine)
     try:
         priority = audit.priority
         assert priority is not None
@@ -378,7 +387,6 @@ def test_a_failing_priority_control_leaves_the_writer_writing_at_normal_priority
     finally:
         audit.close()
     assert len(list(iter_records(engine))) == 20
-    engine.dispose()
 
 
 def test_lift_never_waits_for_the_writer(sleeper: int) -> None:
