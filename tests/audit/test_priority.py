@@ -272,6 +272,15 @@ def test_a_saturated_machine_gets_the_idle_writer_lifted(
 
 # -- the relay -------------------------------------------------------------------------------
 
+async def told(relay: AuditRelay) -> None:
+    """Until the relay is healthy and has the threads to lift from its master."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 5
+    while not (relay.healthy and relay._lift_tids):
+        assert loop.time() < end, "no priority frame from the master"
+        await asyncio.sleep(0.01)
+
+
 def test_the_master_tells_its_workers_which_threads_to_lift(tmp_path: Path,
                                                             file_engine: Engine) -> None:
     audit = background_log(file_engine)
@@ -282,11 +291,7 @@ def test_the_master_tells_its_workers_which_threads_to_lift(tmp_path: Path,
         await server.start()
         relay = AuditRelay(path)
         await relay.start()
-        loop = asyncio.get_running_loop()
-        end = loop.time() + 5
-        while not (relay.healthy and relay._lift_tids):
-            assert loop.time() < end
-            await asyncio.sleep(0.01)
+        await told(relay)
         got = relay._lift_after, relay._lift_tids
         await relay.close()
         await server.close()
@@ -319,11 +324,9 @@ def test_a_worker_lifts_the_masters_threads_when_its_batch_waits(tmp_path: Path,
         relay = AuditRelay(path)
         relay.ack_timeout = 5.0
         await relay.start()
+        await told(relay)
         loop = asyncio.get_running_loop()
         end = loop.time() + 5
-        while not (relay.healthy and relay._lift_tids):
-            assert loop.time() < end
-            await asyncio.sleep(0.01)
         relay.record(decision(0))
         await asyncio.sleep(0.1)
         assert is_idle(sleeper)  # not yet: 200 ms have not passed
