@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -272,6 +272,19 @@ def test_a_saturated_machine_gets_the_idle_writer_lifted(
 
 # -- the relay -------------------------------------------------------------------------------
 
+def silent_master(priority_frame: bytes) -> Callable[
+        [asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """A master's side that sends `priority_frame` as its `P` frame, then reports itself
+    healthy every 50 ms and never acknowledges anything."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(_frame(_PRIORITY, 0, priority_frame))
+        while not writer.is_closing():
+            writer.write(_frame(_STATUS, 0, b"1"))
+            await asyncio.sleep(0.05)
+
+    return serve
+
+
 async def told(relay: AuditRelay) -> None:
     """Until the relay is healthy and has the threads to lift from its master."""
     loop = asyncio.get_running_loop()
@@ -314,13 +327,7 @@ def test_a_worker_lifts_the_masters_threads_when_its_batch_waits(tmp_path: Path,
     set_idle([sleeper], True)
 
     async def scenario() -> AuditRelay:
-        async def stalled(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.write(_frame(_PRIORITY, 0, f"200 {sleeper}".encode()))
-            while not writer.is_closing():  # healthy, but never acknowledges
-                writer.write(_frame(_STATUS, 0, b"1"))
-                await asyncio.sleep(0.05)
-
-        server = await asyncio.start_unix_server(stalled, path)
+        server = await asyncio.start_unix_server(silent_master(f"200 {sleeper}".encode()), path)
         relay = AuditRelay(path)
         relay.ack_timeout = 5.0
         await relay.start()
@@ -343,17 +350,11 @@ def test_a_worker_lifts_the_masters_threads_when_its_batch_waits(tmp_path: Path,
     assert relay.lifts >= 1 and relay.lifts <= 3  # once per 200 ms at most, not every tick
 
 
-def test_a_malformed_priority_frame_is_ignored(tmp_path: Path, sleeper: int) -> None:
+def test_a_malformed_priority_frame_is_ignored(tmp_path: Path) -> None:
     path = str(tmp_path / "a.sock")
 
     async def scenario() -> AuditRelay:
-        async def odd(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.write(_frame(_PRIORITY, 0, b"soon 12x"))
-            while not writer.is_closing():
-                writer.write(_frame(_STATUS, 0, b"1"))
-                await asyncio.sleep(0.05)
-
-        server = await asyncio.start_unix_server(odd, path)
+        server = await asyncio.start_unix_server(silent_master(b"soon 12x"), path)
         relay = AuditRelay(path)
         await relay.start()
         await asyncio.sleep(0.2)
