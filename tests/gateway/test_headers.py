@@ -89,9 +89,25 @@ def test_response_fields_drop_hop_by_hop_and_listed_headers_and_take_the_length(
     upstream = [(b"Server", b"nginx"), (b"Content-Length", b" 1024 "), (b"X-Secret", b"1"),
                 (b"Connection", b"keep-alive, X-Secret"), (b"Keep-Alive", b"timeout=5"),
                 (b"ETag", b'"abc"'), (b"Transfer-Encoding", b"chunked"), (b"x_secret", b"2")]
-    fields, length = response_fields(upstream)
+    fields, length, chunked = response_fields(upstream)
     assert b"".join(fields) == b'Server: nginx\r\nETag: "abc"\r\n'
     assert length == b"1024"
+    assert chunked
     usual = [(b"Date", b"x"), (b"Connection", b"keep-alive"), (b"Content-Type", b"text/plain")]
     assert response_fields(usual) == ([b"Date", b": ", b"x", b"\r\n", b"Content-Type", b": ",
-                                       b"text/plain", b"\r\n"], None)
+                                       b"text/plain", b"\r\n"], None, False)
+
+
+@pytest.mark.parametrize(("headers", "length", "chunked"), [
+    ([(b"Content-Length", b"5"), (b"Content_Length", b"3")], b"5", False),
+    ([(b"Content_Length", b"3"), (b"content-length", b"5")], b"5", False),
+    ([(b"Transfer-Encoding", b"chunked"), (b"Content_Length", b"3")], None, True),
+    ([(b"Transfer_Encoding", b"chunked")], None, False),
+    ([(b"TRANSFER-ENCODING", b"gzip, Chunked")], None, True),
+])
+def test_response_framing_is_read_from_the_exact_names(
+        headers: list[tuple[bytes, bytes]], length: bytes | None, chunked: bool) -> None:
+    """As llhttp frames the body: `_` look-alikes neither frame it nor reach the client."""
+    fields, got_length, got_chunked = response_fields(headers)
+    assert (got_length, got_chunked) == (length, chunked)
+    assert fields == []

@@ -68,3 +68,48 @@ def test_body_on_keep_alive_is_framed(gw: GatewayUnderTest) -> None:
     assert [r.url for r in gw.upstream.requests] == [b"/one", b"/two", b"/three"]
     assert gw.upstream.requests[0].body.decode() == SMUGGLED
     assert gw.upstream.requests[1].body.decode() == SMUGGLED
+
+
+# An upstream response whose framing headers are spelled so that only a name-folding reader
+# (`_` as `-`) takes them: the upstream's parser frames by the real ones, and so must we.
+FOLDED_FRAMING = {
+    "chunked-with-content_length": b"Transfer-Encoding: chunked\r\nContent_Length: 3\r\n\r\n"
+                                   b"5\r\nhello\r\n0\r\n\r\n",
+    "length-with-content_length": b"Content-Length: 5\r\nContent_Length: 3\r\n\r\nhello",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FOLDED_FRAMING))
+def test_response_framing_follows_the_upstream_parser(gw: GatewayUnderTest, name: str) -> None:
+    """The client must read exactly the body the upstream sent: a `Content_Length` header
+    taken for the length would cut `hello` to `hel`, and the rest would open the next response
+    on the client's connection (response splitting)."""
+
+    async def folded(request: object, proto: object) -> None:
+        await request.done  # type: ignore[attr-defined]
+        proto.transport.write(b"HTTP/1.1 200 OK\r\n" + FOLDED_FRAMING[name])  # type: ignore[attr-defined]
+
+    gw.upstream.routes["/folded"] = folded
+    reply = gw.raw(f"GET /folded HTTP/1.1\r\n{C}\r\nGET /a HTTP/1.1\r\n{C}Connection: close"
+                   f"\r\n\r\n".encode())
+    first, rest = _one_response(reply)
+    assert first == b"hello", reply
+    assert rest.startswith(b"HTTP/1.1 200") and rest.count(b"HTTP/1.1 ") == 1, reply
+    assert b"content_length" not in reply.lower()
+
+
+def _one_response(data: bytes) -> tuple[bytes, bytes]:
+    """The body of the first response in `data`, framed as a client frames it, and the rest."""
+    head, _, rest = data.partition(b"\r\n\r\n")
+    fields = {n.strip().lower(): v.strip() for n, _, v in
+              (line.partition(b":") for line in head.split(b"\r\n")[1:])}
+    if fields.get(b"transfer-encoding") == b"chunked":
+        body = b""
+        while True:
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line, 16)
+            body, rest = body + rest[:size], rest[size + 2:]
+            if size == 0:
+                return body, rest
+    length = int(fields[b"content-length"])
+    return rest[:length], rest[length:]

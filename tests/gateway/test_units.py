@@ -81,3 +81,16 @@ def test_a_failed_exchange_nobody_awaits_logs_nothing_and_an_awaiter_still_raise
     with caplog.at_level("ERROR", logger="asyncio"):
         asyncio.run(scenario())
     assert "never retrieved" not in caplog.text
+
+
+def test_origins_of_two_snapshots_share_one_pool_entry() -> None:
+    """A reload builds new Origin objects; equal ones must find the same idle connections
+    (the hash is computed once, from every field the equality compares)."""
+    from sekisho.gateway.upstream import parse_origin
+
+    first, again = parse_origin("http://127.0.0.1:8080/app/"), parse_origin("http://127.0.0.1:8080/app")
+    assert first == again and hash(first) == hash(again)
+    assert {first: "idle"}[again] == "idle"
+    others = ["http://127.0.0.1:8081/app", "https://127.0.0.1:8080/app", "http://127.0.0.2:8080/app",
+              "http://127.0.0.1:8080/other", "connector:dc1/127.0.0.1:8080"]
+    assert all(parse_origin(url) not in {first} for url in others)

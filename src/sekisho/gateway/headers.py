@@ -112,15 +112,20 @@ def upstream_headers(
     return out
 
 
-def response_fields(headers: Sequence[Header]) -> tuple[list[bytes], bytes | None]:
+def response_fields(headers: Sequence[Header]) -> tuple[list[bytes], bytes | None, bool]:
     """The upstream response headers that reach the client, flattened for writing (`name`,
-    `: `, `value`, CRLF, …), and apart the upstream's Content-Length value (or None): hop-by-hop
-    headers, those its Connection header names, and the framing are dropped (re-added by us).
-    One pass; the names a Connection header lists that are hop-by-hop anyway (the usual
-    `keep-alive`) cost no second one."""
+    `: `, `value`, CRLF, …), and apart how the upstream framed its body: its Content-Length
+    value (or None) and whether it was chunked. Hop-by-hop headers, those its Connection header
+    names, and the framing are dropped (re-added by us). One pass; the names a Connection header
+    lists that are hop-by-hop anyway (the usual `keep-alive`) cost no second one.
+
+    The framing is read as the upstream's parser (llhttp) reads it, from the exact names: a
+    `Content_Length` taken for the length would cut the body short and let its rest open the
+    next response on the client's connection. Such look-alikes are dropped with the framing."""
     canonical = _CANONICAL.get
     listed: set[bytes] = set()
     length: bytes | None = None
+    chunked = False
     kept_keys: list[bytes] = []
     out: list[bytes] = []
     for name, value in headers:
@@ -128,9 +133,12 @@ def response_fields(headers: Sequence[Header]) -> tuple[list[bytes], bytes | Non
         if key in HOP_BY_HOP:
             if key == b"connection":
                 listed |= _tokens(value)
+            elif key == b"transfer-encoding" and b"_" not in name:
+                chunked = chunked or b"chunked" in value.lower()
             continue
         if key == b"content-length":
-            length = value.strip()
+            if b"_" not in name:  # spelled as llhttp frames by, not a look-alike
+                length = value.strip()
             continue
         kept_keys.append(key)
         out += (name, b": ", value, b"\r\n")
@@ -138,7 +146,7 @@ def response_fields(headers: Sequence[Header]) -> tuple[list[bytes], bytes | Non
     if listed:
         out = [part for index, key in enumerate(kept_keys) if key not in listed
                for part in out[4 * index:4 * index + 4]]
-    return out, length
+    return out, length, chunked
 
 
 def _parse_ip(text: bytes) -> IPAddress | None:

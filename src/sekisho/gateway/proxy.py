@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 from sekisho.gateway.connection import ClientConnection, Exchange
-from sekisho.gateway.headers import response_fields
 from sekisho.gateway.upstream import Origin, UpstreamConnection, UpstreamError, UpstreamPool
 
 Header = tuple[bytes, bytes]
@@ -143,7 +142,7 @@ async def forward(
     if websocket and status == 101:
         return await _splice(client, upstream, upstream_seconds, on_splice)
 
-    fields, length = response_fields(upstream.headers)
+    fields, length = upstream.fields, upstream.length
     no_body = exchange.method == "HEAD" or status in (204, 304) or status < 200
     keep_alive = exchange.keep_alive and not exchange.upgrade
     rechunk = not no_body and length is None

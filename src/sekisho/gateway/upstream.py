@@ -14,11 +14,13 @@ import os
 import ssl
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
 
 import httptools
+
+from sekisho.gateway.headers import response_fields
 
 IDLE_PER_ORIGIN = 256
 CONNECTOR_SCHEME = "connector:"
@@ -48,6 +50,15 @@ class Origin:
     port: int
     base_path: str  # the `to` URL's path without trailing slash ("" for none)
     site: str = ""  # the connector site when scheme is "connector"
+    # The pool looks origins up twice a request: their hash is computed once, not each time.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.scheme, self.host, self.port,
+                                                self.base_path, self.site)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def host_header(self) -> bytes:
@@ -78,6 +89,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
+        # The response head as it reaches the client (`response_fields`), read once per head.
+        self.fields: list[bytes] = []
+        self.length: bytes | None = None
         self.keep_alive = False
         self.head: asyncio.Future[None] | None = None
         self.done: asyncio.Future[None] | None = None
@@ -178,13 +192,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.status = status
         self.keep_alive = self._parser.should_keep_alive()
-        for name, value in self.headers:
-            lowered = name.lower()
-            if lowered == b"content-length" or (
-                    lowered == b"transfer-encoding" and b"chunked" in value.lower()):
-                self._framed = True
-        if status in (204, 304):
-            self._framed = True
+        self.fields, self.length, chunked = response_fields(self.headers)
+        self._framed = self.length is not None or chunked or status in (204, 304)
         if self.head is not None and not self.head.done():
             self.head.set_result(None)
         if self._head_only and self.done is not None and not self.done.done():
