@@ -222,6 +222,21 @@ def test_oversized_headers_431_and_url_414(gw: GatewayUnderTest) -> None:
     assert not gw.upstream.requests
 
 
+@pytest.mark.parametrize(("extra_count", "extra_bytes", "status"), [
+    (97, 0, 200), (98, 0, 431),  # with Host, Connection and Cookie: 100 lines, then 101
+    (0, 0, 200), (0, 1, 431),  # 16 KiB of lines exactly (name, value, ": " and CRLF), then 1 more
+])
+def test_header_limits_hold_at_their_boundary(gw: GatewayUnderTest, extra_count: int,
+                                              extra_bytes: int, status: int) -> None:
+    """`limits.max_header_count` and `max_header_bytes` (checked once the head is complete)."""
+    headers = {f"X-H{i}": "v" for i in range(extra_count)}
+    if not extra_count:
+        fixed = [f"Host: {HOST}", "Connection: close", f"Cookie: __Host-sekisho={STAFF}"]
+        used = sum(len(line) + 2 for line in fixed) + len("X-Fill: \r\n")
+        headers["X-Fill"] = "f" * (16 * 1024 - used + extra_bytes)
+    assert gw.request("GET", "/", headers=headers)[0] == status
+
+
 def test_bad_gateway_and_timeout_pages_leak_nothing(gw: GatewayUnderTest) -> None:
     status, _, body = gw.request("GET", "/", host="dead.localhost", token=None)
     assert status == 502

@@ -3,6 +3,8 @@ connection, and the upstream must never receive the smuggled second request."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from .conftest import HOST, STAFF, GatewayUnderTest
@@ -68,6 +70,31 @@ def test_body_on_keep_alive_is_framed(gw: GatewayUnderTest) -> None:
     assert [r.url for r in gw.upstream.requests] == [b"/one", b"/two", b"/three"]
     assert gw.upstream.requests[0].body.decode() == SMUGGLED
     assert gw.upstream.requests[1].body.decode() == SMUGGLED
+
+
+def test_trailer_fields_are_neither_forwarded_nor_kept(gw: GatewayUnderTest) -> None:
+    """llhttp reports a chunked body's trailer fields like headers: an endless trailer section
+    must not grow the exchange (nor reach the upstream: bodies are re-framed)."""
+    with gw.connect() as sock:
+        sock.sendall(f"POST /t HTTP/1.1\r\n{C}Transfer-Encoding: chunked\r\n\r\n"
+                     f"5\r\nhello\r\n0\r\n".encode())
+        for _ in range(50):  # 5,000 trailer lines, the section still open
+            sock.sendall(b"".join(b"X-T%d: v\r\n" % i for i in range(100)))
+        deadline = time.monotonic() + 5
+        while True:
+            current = [c.current for c in gw.gateway.connections if c.current is not None]
+            if current and current[0].body_bytes == 5:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)  # the trailer lines parsed meanwhile
+        assert len(current[0].headers) == 3  # Host, Cookie, Transfer-Encoding: no trailer
+        sock.sendall(b"\r\n")
+        sock.settimeout(5)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    assert gw.upstream.requests[-1].body == b"hello"
+    received = gw.upstream.requests[-1].headers
+    assert not any(name.lower().startswith("x-t") for name, _ in received)
 
 
 # An upstream response whose framing headers are spelled so that only a name-folding reader

@@ -23,6 +23,8 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 import httptools
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sekisho.gateway")
 
 BUFFER_HIGH = 256 * 1024  # request body bytes held while no upstream is attached
+_NAME = itemgetter(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +67,8 @@ class Exchange:
 
     __slots__ = (
         "body_bytes", "body_done", "buffered", "chunked", "content_length", "error", "expect",
-        "headers", "host_count", "host_value", "keep_alive", "method", "pending", "sink",
-        "upgrade", "url", "version", "waiter",
+        "headers", "host_count", "host_value", "keep_alive", "method", "names", "pending",
+        "sink", "upgrade", "url", "version", "waiter",
     )
 
     def __init__(self) -> None:
@@ -73,6 +76,7 @@ class Exchange:
         self.url = b""
         self.version = "1.1"
         self.headers: list[tuple[bytes, bytes]] = []
+        self.names: list[bytes] = []  # the header names lower-cased, in order (`values`)
         self.host_count = 0  # how many Host headers arrived (exactly one is acceptable)
         self.host_value = b""
         self.keep_alive = False
@@ -92,6 +96,17 @@ class Exchange:
     @property
     def has_body(self) -> bool:
         return self.chunked or bool(self.content_length)
+
+    def values(self, name: bytes) -> list[bytes]:
+        """The values of the headers named `name` (lower case), in order."""
+        names = self.names
+        count = names.count(name)
+        if count == 0:
+            return []
+        if count == 1:
+            return [self.headers[names.index(name)][1]]
+        return [value for key, (_, value) in zip(names, self.headers, strict=True)
+                if key == name]
 
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -123,8 +138,7 @@ class ClientConnection(asyncio.Protocol):
         self.drain_waiter: asyncio.Future[None] | None = None
         self._paused_by: set[str] = set()
         self._head_bytes = 0
-        self._header_count = 0
-        self._header_size = 0
+        self._headers: list[tuple[bytes, bytes]] = []  # the headers of the head being parsed
         self.started = False  # a request has begun on this connection
         self._in_head = False
         self._timer: asyncio.TimerHandle | None = None
@@ -219,9 +233,8 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.started = True
         self.current = Exchange()
+        self._headers = self.current.headers
         self._in_head = True
-        self._header_count = 0
-        self._header_size = 0
         if not self.busy:
             self._arm(self.limits.header_timeout)
 
@@ -233,37 +246,44 @@ class ClientConnection(asyncio.Protocol):
             raise RequestRejected(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.current is not None
-        self._header_count += 1
-        self._header_size += len(name) + len(value) + 4
-        if (self._header_count > self.limits.max_header_count
-                or self._header_size > self.limits.max_header_bytes):
-            raise RequestRejected(431)
-        self.current.headers.append((name, value))
+        # Called once per header line: only kept here. The limits are checked once the head
+        # is complete, and the head's bytes after every read (`data_received`), so a head
+        # that never completes is cut off at `max_head_bytes` all the same. After the head,
+        # llhttp calls this for a chunked body's trailer fields: never forwarded (bodies are
+        # re-framed), and not kept either, or an endless trailer section would grow the list.
+        if self._in_head:
+            self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         exchange = self.current
         assert exchange is not None
         parser = self.parser
+        headers = exchange.headers
+        limits = self.limits
+        # Each line counts its name, its value, ": " and CRLF.
+        if (len(headers) > limits.max_header_count or sum(map(len, chain.from_iterable(
+                headers))) + 4 * len(headers) > limits.max_header_bytes):
+            raise RequestRejected(431)
+        # The names lower-cased by C loops (no bytecode per header), then searched by name.
+        exchange.names = names = list(map(bytes.lower, map(_NAME, headers)))
         exchange.version = parser.get_http_version()
         exchange.keep_alive = parser.should_keep_alive()
         self._in_head = False
         self._head_bytes = 0
-        for name, value in exchange.headers:
-            lowered = name.lower()
-            if lowered == b"transfer-encoding":
-                # TE.TE / TE.CL: anything but one plain "chunked" could be read differently
-                # by the upstream (e.g. "gzip, chunked", "chunked\x0b", doubled headers).
-                if exchange.chunked or value.strip().lower() != b"chunked":
-                    raise RequestRejected(400)
-                exchange.chunked = True
-            elif lowered == b"content-length":
-                exchange.content_length = int(value)
-            elif lowered == b"host":
-                exchange.host_count += 1
-                exchange.host_value = value
-            elif lowered == b"expect":
-                exchange.expect = value.strip().lower() == b"100-continue"
+        if b"transfer-encoding" in names:
+            # TE.TE / TE.CL: anything but one plain "chunked" could be read differently
+            # by the upstream (e.g. "gzip, chunked", "chunked\x0b", doubled headers).
+            encodings = exchange.values(b"transfer-encoding")
+            if len(encodings) != 1 or encodings[0].strip().lower() != b"chunked":
+                raise RequestRejected(400)
+            exchange.chunked = True
+        if b"content-length" in names:
+            exchange.content_length = int(exchange.values(b"content-length")[-1])
+        exchange.host_count = hosts = names.count(b"host")
+        if hosts:  # more than one is refused (400) before anything reads the value
+            exchange.host_value = headers[names.index(b"host")][1]
+        if b"expect" in names:
+            exchange.expect = exchange.values(b"expect")[-1].strip().lower() == b"100-continue"
         if exchange.chunked and (exchange.version == "1.0" or exchange.content_length is not None):
             raise RequestRejected(400)  # HTTP/1.0 has no chunked framing; CL+TE is CL.TE
         if exchange.content_length is None and not exchange.chunked:

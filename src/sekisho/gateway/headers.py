@@ -74,41 +74,55 @@ def strip_cookies(value: bytes, names: frozenset[bytes]) -> bytes:
     return b"; ".join(kept)
 
 
+# What to do with a request header, by its raw name (cached like `_CANONICAL`): the class of
+# a name is all the per-request loop needs, so the usual header costs one lookup.
+_KEEP, _DROP, _COOKIE, _CONNECTION = range(4)
+_KINDS: dict[bytes, int] = {}
+
+
+def _kind(name: bytes) -> int:
+    key = canonical_name(name)
+    kind = (_CONNECTION if key == b"connection"
+            else _DROP if key in _DROPPED or key.startswith(OWNED_PREFIX)
+            else _COOKIE if key == b"cookie" else _KEEP)
+    if len(_KINDS) < _CANONICAL_MAX:
+        _KINDS[name] = kind
+    return kind
+
+
 def upstream_headers(
     headers: Sequence[Header],
     *,
     cookie_names: frozenset[bytes],
     websocket: bool = False,
-) -> list[Header]:
-    """The client's end-to-end headers that may reach the upstream, in arrival order.
+) -> list[bytes]:
+    """The client's end-to-end headers that may reach the upstream, in arrival order,
+    flattened for writing (`name`, `: `, `value`, CRLF, …).
 
     With `websocket`, `Upgrade`/`Connection: upgrade` and the `Sec-WebSocket-*` headers pass.
     """
-    canonical = _CANONICAL.get
+    kinds = _KINDS.get
     listed: set[bytes] = set()
-    kept_keys: list[bytes] = []
-    out: list[Header] = []
+    out: list[bytes] = []
     for name, value in headers:
-        key = canonical(name) or canonical_name(name)
-        if key in _DROPPED or key.startswith(OWNED_PREFIX):
-            if key == b"connection":
-                listed |= _tokens(value)
-            continue
-        if key == b"cookie":
+        kind = kinds(name)
+        if kind is None:
+            kind = _kind(name)
+        if kind == _KEEP:
+            out += (name, b": ", value, b"\r\n")
+        elif kind == _COOKIE:
             kept = strip_cookies(value, cookie_names)
-            if not kept:
-                continue
-            kept_keys.append(key)
-            out.append((name, kept))
-            continue
-        kept_keys.append(key)
-        out.append((name, value))
+            if kept:
+                out += (name, b": ", kept, b"\r\n")
+        elif kind == _CONNECTION:
+            listed |= _tokens(value)
     listed -= _DROPPED  # dropped anyway (the usual `keep-alive`): no second pass for them
     if listed:  # named in Connection: hop-by-hop by declaration
-        out = [header for key, header in zip(kept_keys, out, strict=True) if key not in listed]
+        out = [part for index in range(0, len(out), 4)
+               if canonical_name(out[index]) not in listed for part in out[index:index + 4]]
     if websocket:
-        out.append((b"Connection", b"Upgrade"))
-        out.append((b"Upgrade", b"websocket"))
+        out += (b"Connection", b": ", b"Upgrade", b"\r\n", b"Upgrade", b": ", b"websocket",
+                b"\r\n")
     return out
 
 
@@ -193,12 +207,11 @@ def client_address(
 
 def forwarded_headers(
     chain: Sequence[IPAddress], proto: str, host: bytes
-) -> list[Header]:
-    return [
-        (b"X-Forwarded-For", ", ".join(str(a) for a in chain).encode("ascii")),
-        (b"X-Forwarded-Proto", proto.encode("ascii")),
-        (b"X-Forwarded-Host", host),
-    ]
+) -> list[bytes]:
+    """X-Forwarded-For/-Proto/-Host, flattened for writing like `upstream_headers`."""
+    return [b"X-Forwarded-For", b": ", ", ".join(str(a) for a in chain).encode("ascii"),
+            b"\r\n", b"X-Forwarded-Proto", b": ", proto.encode("ascii"), b"\r\n",
+            b"X-Forwarded-Host", b": ", host, b"\r\n"]
 
 
 def trusted_forwarded_value(

@@ -55,11 +55,12 @@ class Outcome:
     upstream_seconds: float
 
 
-def request_head(method: str, path: bytes, host: bytes, headers: Sequence[Header],
+def request_head(method: str, path: bytes, host: bytes, fields: Sequence[bytes],
                  exchange: Exchange) -> bytes:
-    parts = [method.encode("ascii"), b" ", path, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
-    for name, value in headers:
-        parts += (name, b": ", value, b"\r\n")
+    """The request head for the upstream: `fields` flattened as `upstream_headers` gives them,
+    the framing ours (Content-Length or chunked, from what we parsed)."""
+    parts = [method.encode("ascii"), b" ", path, b" HTTP/1.1\r\nHost: ", host, b"\r\n",
+             *fields]
     if exchange.chunked:
         parts.append(b"Transfer-Encoding: chunked\r\n")
     elif exchange.content_length:

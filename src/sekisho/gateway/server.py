@@ -278,7 +278,7 @@ class Gateway:
         Cookie headers and the cookie name are byte for byte the same: a browser sends the
         same cookies on every request of a kept-alive connection."""
         name = self._cookie_name
-        values = [v for n, v in exchange.headers if len(n) == 6 and n.lower() == b"cookie"]
+        values = exchange.values(b"cookie")
         known = conn.credentials
         if known is not None and known[0] == name and known[1] == values:
             return known[2], known[3]
@@ -452,20 +452,20 @@ class Gateway:
         origin, origin_host, base_path = self._origin(runtime, route)
         timeouts = route.timeouts or config.timeouts
         websocket = route.websocket and exchange.upgrade and exchange.method == "GET" and any(
-            n.lower() == b"upgrade" and v.strip().lower() == b"websocket"
-            for n, v in exchange.headers)
+            v.strip().lower() == b"websocket" for v in exchange.values(b"upgrade"))
         headers = upstream_headers(exchange.headers, cookie_names=self._cookie_names,
                                    websocket=websocket)
         host_bytes = host_header.encode("latin-1")
         if len(chain) == 1 and chain[0] is conn.peer:
-            headers += ((b"X-Forwarded-For", conn.peer_bytes),
-                        (b"X-Forwarded-Proto", b"https" if scheme == "https" else b"http"),
-                        (b"X-Forwarded-Host", host_bytes))
+            proto = b"https" if scheme == "https" else b"http"
+            headers += (b"X-Forwarded-For", b": ", conn.peer_bytes, b"\r\n",
+                        b"X-Forwarded-Proto", b": ", proto, b"\r\n",
+                        b"X-Forwarded-Host", b": ", host_bytes, b"\r\n")
         else:
             headers += forwarded_headers(chain, scheme, host_bytes)
         if session is not None:
-            headers.append((self._assertion_header,
-                            self.signer.token_bytes(config.assertion, route.id, session)))
+            headers += (self._assertion_header, b": ",
+                        self.signer.token_bytes(config.assertion, route.id, session), b"\r\n")
         path = base_path + target.upstream.encode("ascii")
         if target.query or b"?" in exchange.url:
             path += b"?" + target.query.encode("latin-1")
