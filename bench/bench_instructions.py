@@ -19,6 +19,10 @@ send and receive system calls) is not counted: this measures our own code, not t
   policy, assertion, access decision relayed to the audit master — the master runs outside
   callgrind and is not counted; the relay's share in the worker is).
 
+Each is measured with two requests: the bench's own (Host and a session cookie) and a
+browser's page request (the same plus `BROWSER_HEADERS`, 13 header lines in all), since every
+header line costs a proxy its parsing and forwarding.
+
 Two windows (N and 2N requests) are measured in each process and their difference divided
 by N, so what does not grow with the requests (the dump itself) cancels. Wall-clock timers
 (the relay's status ticks) still add a little: under callgrind a request takes milliseconds.
@@ -98,12 +102,36 @@ def dump_total(pid: int, out: Path, index: int) -> int:
         time.sleep(0.2)
 
 
+# The other headers a browser sends with a page request (Chrome 130, a same-site link), for
+# the second measurement: the bench's own request carries only Host and Cookie, and every
+# header line costs each proxy its parsing and forwarding.
+BROWSER_HEADERS = (
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/130.0.0.0 Safari/537.36\r\n"
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+    "*/*;q=0.8\r\n"
+    "Accept-Language: ja,en-US;q=0.9,en;q=0.8\r\nAccept-Encoding: gzip, deflate, br, zstd\r\n"
+    f"Referer: https://{proxy.HOST}/\r\nUpgrade-Insecure-Requests: 1\r\n"
+    "Sec-Fetch-Dest: document\r\nSec-Fetch-Mode: navigate\r\nSec-Fetch-Site: same-origin\r\n"
+    "Sec-Fetch-User: ?1\r\nPriority: u=0, i\r\n")
+
+
+def measure(process: subprocess.Popen[bytes], out: Path, port: int, cookie: str,
+            requests: int) -> tuple[float, float]:
+    """Instructions per request for the bench's request (Host and `cookie`) and for a
+    browser's (the same plus `BROWSER_HEADERS`), in one process."""
+    plain = per_request(process, out, Client(port, cookie), requests)
+    browser = per_request(process, out, Client(port, cookie + BROWSER_HEADERS), requests, 3)
+    return plain, browser
+
+
 def per_request(process: subprocess.Popen[bytes], out: Path, client: Client,
-                requests: int) -> float:
-    """Instructions per request: windows of N and 2N requests, difference over N."""
+                requests: int, first_dump: int = 1) -> float:
+    """Instructions per request: windows of N and 2N requests, difference over N (dumps
+    `first_dump` and the next)."""
     client.send(WARM_UP)
     totals = []
-    for index, count in enumerate((requests, 2 * requests), start=1):
+    for index, count in enumerate((requests, 2 * requests), start=first_dump):
         subprocess.run([CONTROL, "-z", str(process.pid)], check=True, capture_output=True)
         client.send(count)
         totals.append(dump_total(process.pid, out, index))
@@ -216,8 +244,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out = tmp / "nginx.cg"
             nginx = callgrind([proxy.NGINX, "-p", str(conf.parent), "-c", str(conf), "-g",
                                "daemon off; master_process off;"], out)
+            # The same cookie as Sekisho's request (nginx and the floor pass it on unread).
+            cookie = "Cookie: __Host-sekisho=" + "t" * 43 + "\r\n"
             try:
-                results["nginx"] = per_request(nginx, out, Client(port, ""), args.requests)
+                results["nginx"], results["nginx_browser"] = measure(
+                    nginx, out, port, cookie, args.requests)
             finally:
                 proxy.stop([nginx])
 
@@ -226,8 +257,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             python_floor = callgrind([sys.executable, __file__, "--floor", str(port),
                                       str(upstream)], out)
             try:
-                results["python_floor"] = per_request(python_floor, out, Client(port, ""),
-                                                      args.requests)
+                results["python_floor"], results["python_floor_browser"] = measure(
+                    python_floor, out, port, cookie, args.requests)
             finally:
                 proxy.stop([python_floor])
 
@@ -257,19 +288,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             worker = callgrind([sys.executable, proxy.__file__, "--worker", str(spec),
                                 "--port", str(port), "--relay", relay], out, env)
             try:
-                client = Client(port, f"Cookie: __Host-sekisho={token}\r\n")
-                results["sekisho"] = per_request(worker, out, client, args.requests)
+                results["sekisho"], results["sekisho_browser"] = measure(
+                    worker, out, port, f"Cookie: __Host-sekisho={token}\r\n", args.requests)
             finally:
                 proxy.stop([worker])
         finally:
             proxy.stop(procs)
-    results["ratio_nginx"] = round(results["sekisho"] / results["nginx"], 1)
-    results["ratio_floor"] = round(results["sekisho"] / results["python_floor"], 1)
+    for suffix in ("", "_browser"):
+        results["ratio_nginx" + suffix] = round(
+            results["sekisho" + suffix] / results["nginx" + suffix], 1)
+        results["ratio_floor" + suffix] = round(
+            results["sekisho" + suffix] / results["python_floor" + suffix], 1)
     print(f"\ninstructions per request (user space, callgrind, {args.requests} requests):")
-    print(f"  nginx reverse proxy   {results['nginx']:>10,.0f}")
-    print(f"  Python floor          {results['python_floor']:>10,.0f}")
-    print(f"  Sekisho worker        {results['sekisho']:>10,.0f}   "
-          f"({results['ratio_nginx']}× nginx, {results['ratio_floor']}× the Python floor)")
+    print(f"  {'':<22}{'Host, Cookie':>14}{'a browser (13)':>16}")
+    for label, key in (("nginx reverse proxy", "nginx"), ("Python floor", "python_floor"),
+                       ("Sekisho worker", "sekisho")):
+        print(f"  {label:<22}{results[key]:>14,.0f}{results[key + '_browser']:>16,.0f}")
+    print(f"  Sekisho / nginx {results['ratio_nginx']}× and {results['ratio_nginx_browser']}×, "
+          f"/ the Python floor {results['ratio_floor']}× and {results['ratio_floor_browser']}×")
     return results
 
 
