@@ -38,10 +38,9 @@ def test_flushed_histogram_equals_direct_observation() -> None:
 def test_counters_accumulate_across_flushes() -> None:
     tally = metrics.RequestTally()
     for _ in range(3):
-        tally.request("tally-route", 200)
-        tally.decision("allow", ("tally-reason-a",))
-    tally.request("tally-route", 403)
-    tally.decision("deny", ("tally-reason-a", "tally-reason-b"))
+        tally.exchange("tally-route", 200, "allow", ("tally-reason-a",))
+    tally.exchange("tally-route", 403, "deny", ("tally-reason-a", "tally-reason-b"))
+    tally.exchange("tally-route", 502, "allow", ("tally-reason-a",))
 
     def requests(status: str) -> float | None:
         return REGISTRY.get_sample_value("sekisho_requests_total",
@@ -53,11 +52,11 @@ def test_counters_accumulate_across_flushes() -> None:
 
     assert requests("200") is None  # counted, not yet flushed
     tally.flush()
-    assert requests("200") == 3.0 and requests("403") == 1.0
-    assert decisions("allow", "tally-reason-a") == 3.0
+    assert requests("200") == 3.0 and requests("403") == 1.0 and requests("502") == 1.0
+    assert decisions("allow", "tally-reason-a") == 4.0  # the 502 was allowed too
     assert decisions("deny", "tally-reason-a") == 1.0
     assert decisions("deny", "tally-reason-b") == 1.0
-    tally.request("tally-route", 200)
+    tally.exchange("tally-route", 200, "allow", ())
     tally.flush()
     tally.flush()  # nothing new: no double counting
     assert requests("200") == 4.0

@@ -118,12 +118,29 @@ def upstream_headers(
             listed |= _tokens(value)
     listed -= _DROPPED  # dropped anyway (the usual `keep-alive`): no second pass for them
     if listed:  # named in Connection: hop-by-hop by declaration
-        out = [part for index in range(0, len(out), 4)
-               if canonical_name(out[index]) not in listed for part in out[index:index + 4]]
+        out = _without(out, listed)
     if websocket:
         out += (b"Connection", b": ", b"Upgrade", b"\r\n", b"Upgrade", b": ", b"websocket",
                 b"\r\n")
     return out
+
+
+# What the response head does with a header, by raw name (cached like `_KINDS`): framing
+# only from the exact names (`response_fields`), `_` look-alikes dropped with them.
+_LENGTH, _CHUNKED = 4, 5
+_RESPONSE_KINDS: dict[bytes, int] = {}
+
+
+def _response_kind(name: bytes) -> int:
+    key = canonical_name(name)
+    exact = b"_" not in name  # spelled as llhttp frames by, not a look-alike
+    kind = (_CONNECTION if key == b"connection"
+            else (_CHUNKED if exact else _DROP) if key == b"transfer-encoding"
+            else _DROP if key in HOP_BY_HOP
+            else (_LENGTH if exact else _DROP) if key == b"content-length" else _KEEP)
+    if len(_RESPONSE_KINDS) < _CANONICAL_MAX:
+        _RESPONSE_KINDS[name] = kind
+    return kind
 
 
 def response_fields(headers: Sequence[Header]) -> tuple[list[bytes], bytes | None, bool]:
@@ -136,31 +153,33 @@ def response_fields(headers: Sequence[Header]) -> tuple[list[bytes], bytes | Non
     The framing is read as the upstream's parser (llhttp) reads it, from the exact names: a
     `Content_Length` taken for the length would cut the body short and let its rest open the
     next response on the client's connection. Such look-alikes are dropped with the framing."""
-    canonical = _CANONICAL.get
+    kinds = _RESPONSE_KINDS.get
     listed: set[bytes] = set()
     length: bytes | None = None
     chunked = False
-    kept_keys: list[bytes] = []
     out: list[bytes] = []
     for name, value in headers:
-        key = canonical(name) or canonical_name(name)
-        if key in HOP_BY_HOP:
-            if key == b"connection":
-                listed |= _tokens(value)
-            elif key == b"transfer-encoding" and b"_" not in name:
-                chunked = chunked or b"chunked" in value.lower()
-            continue
-        if key == b"content-length":
-            if b"_" not in name:  # spelled as llhttp frames by, not a look-alike
-                length = value.strip()
-            continue
-        kept_keys.append(key)
-        out += (name, b": ", value, b"\r\n")
+        kind = kinds(name)
+        if kind is None:
+            kind = _response_kind(name)
+        if kind == _KEEP:
+            out += (name, b": ", value, b"\r\n")
+        elif kind == _LENGTH:
+            length = value.strip()
+        elif kind == _CHUNKED:
+            chunked = chunked or b"chunked" in value.lower()
+        elif kind == _CONNECTION:
+            listed |= _tokens(value)
     listed -= HOP_BY_HOP
     if listed:
-        out = [part for index, key in enumerate(kept_keys) if key not in listed
-               for part in out[4 * index:4 * index + 4]]
+        out = _without(out, listed)
     return out, length, chunked
+
+
+def _without(fields: list[bytes], names: set[bytes]) -> list[bytes]:
+    """Flattened `fields` without the lines whose canonical name is in `names`."""
+    return [part for index in range(0, len(fields), 4)
+            if canonical_name(fields[index]) not in names for part in fields[index:index + 4]]
 
 
 def _parse_ip(text: bytes) -> IPAddress | None:

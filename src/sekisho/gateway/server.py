@@ -596,5 +596,4 @@ class Gateway:
                 log.warning("access decisions could not be audited (%d so far): %s",
                             self.audit_failures, exc)
         tally = self.tally
-        tally.request(route.id, status)
-        tally.decision("allow" if decision.allow else "deny", decision.reasons)
+        tally.exchange(route.id, status, "allow" if decision.allow else "deny", decision.reasons)

@@ -48,21 +48,18 @@ class RequestTally:
     """
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, int], int] = {}
-        self.decisions: dict[tuple[str, str], int] = {}
+        # (route, status, decision, reasons) -> requests: one count a request, split by
+        # `flush` into the requests and decisions counters.
+        self.exchanges: dict[tuple[str, int, str, tuple[str, ...]], int] = {}
         # route -> [sum of seconds, count in bucket 0, bucket 1, ..., bucket +Inf]
         self.latency: dict[str, list[float]] = {}
         self._children: dict[object, Any] = {}
 
-    def request(self, route: str, status: int) -> None:
-        key = (route, status)
-        self.requests[key] = self.requests.get(key, 0) + 1
-
-    def decision(self, outcome: str, reasons: tuple[str, ...]) -> None:
-        decisions = self.decisions
-        for reason in reasons:
-            key = (outcome, reason)
-            decisions[key] = decisions.get(key, 0) + 1
+    def exchange(self, route: str, status: int, outcome: str, reasons: tuple[str, ...]) -> None:
+        """One request answered `status` on `route` after the decision `outcome` (allow or
+        deny) for `reasons`."""
+        key = (route, status, outcome, reasons)
+        self.exchanges[key] = self.exchanges.get(key, 0) + 1
 
     def upstream_latency(self, route: str, seconds: float) -> None:
         row = self.latency.get(route)
@@ -74,10 +71,15 @@ class RequestTally:
 
     def flush(self) -> None:
         """Add what was counted since the last flush to the Prometheus metrics."""
-        requests, self.requests = self.requests, {}
-        decisions, self.decisions = self.decisions, {}
+        exchanges, self.exchanges = self.exchanges, {}
         latency, self.latency = self.latency, {}
         children = self._children
+        requests: dict[tuple[str, int], int] = {}
+        decisions: dict[tuple[str, str], int] = {}
+        for (route, status, outcome, reasons), count in exchanges.items():
+            requests[route, status] = requests.get((route, status), 0) + count
+            for reason in reasons:
+                decisions[outcome, reason] = decisions.get((outcome, reason), 0) + count
         for (route, status), count in requests.items():
             child = children.get(("r", route, status))
             if child is None:
