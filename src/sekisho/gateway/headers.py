@@ -14,7 +14,7 @@ Names are compared lower-case with `_` read as `-`.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from sekisho.config.model import IPNetwork
 
@@ -74,20 +74,67 @@ def strip_cookies(value: bytes, names: frozenset[bytes]) -> bytes:
     return b"; ".join(kept)
 
 
-# What to do with a request header, by its raw name (cached like `_CANONICAL`): the class of
-# a name is all the per-request loop needs, so the usual header costs one lookup.
-_KEEP, _DROP, _COOKIE, _CONNECTION = range(4)
-_KINDS: dict[bytes, int] = {}
+# What to do with a header line, by its raw name: the class of a name is all the
+# per-request loop (`_sort`) needs, so the usual line costs one dict lookup. Each rule's
+# answers are cached like `_CANONICAL` (bounded; the answer is the same either way).
+_KEEP, _DROP, _COOKIE, _CONNECTION, _LENGTH, _CHUNKED = range(6)
+_REQUEST_KINDS: dict[bytes, int] = {}
+_RESPONSE_KINDS: dict[bytes, int] = {}
 
 
-def _kind(name: bytes) -> int:
+def _request_kind(name: bytes) -> int:
     key = canonical_name(name)
-    kind = (_CONNECTION if key == b"connection"
+    return (_CONNECTION if key == b"connection"
             else _DROP if key in _DROPPED or key.startswith(OWNED_PREFIX)
             else _COOKIE if key == b"cookie" else _KEEP)
-    if len(_KINDS) < _CANONICAL_MAX:
-        _KINDS[name] = kind
-    return kind
+
+
+def _response_kind(name: bytes) -> int:
+    """Framing only from the exact names (`response_fields`); `_` look-alikes dropped."""
+    key = canonical_name(name)
+    exact = b"_" not in name  # spelled as llhttp frames by, not a look-alike
+    return (_CONNECTION if key == b"connection"
+            else (_CHUNKED if exact else _DROP) if key == b"transfer-encoding"
+            else _DROP if key in HOP_BY_HOP
+            else (_LENGTH if exact else _DROP) if key == b"content-length" else _KEEP)
+
+
+def _sort(headers: Sequence[Header], kinds: dict[bytes, int], rule: Callable[[bytes], int],
+          cookie_names: frozenset[bytes] = frozenset(),
+          ) -> tuple[list[bytes], set[bytes], bytes | None, bool]:
+    """One pass over `headers` by `rule`: the kept lines flattened for writing (`name`, `: `,
+    `value`, CRLF, …; cookies without `cookie_names`), the names the Connection headers list,
+    the Content-Length value (or None) and whether the body is chunked."""
+    known = kinds.get
+    listed: set[bytes] = set()
+    length: bytes | None = None
+    chunked = False
+    out: list[bytes] = []
+    for name, value in headers:
+        kind = known(name)
+        if kind is None:
+            kind = rule(name)
+            if len(kinds) < _CANONICAL_MAX:
+                kinds[name] = kind
+        if kind == _KEEP:
+            out += (name, b": ", value, b"\r\n")
+        elif kind == _COOKIE:
+            kept = strip_cookies(value, cookie_names)
+            if kept:
+                out += (name, b": ", kept, b"\r\n")
+        elif kind == _CONNECTION:
+            listed |= _tokens(value)
+        elif kind == _LENGTH:
+            length = value.strip()
+        elif kind == _CHUNKED:
+            chunked = chunked or b"chunked" in value.lower()
+    return out, listed, length, chunked
+
+
+def _without(fields: list[bytes], names: set[bytes]) -> list[bytes]:
+    """Flattened `fields` without the lines whose canonical name is in `names`."""
+    return [part for index in range(0, len(fields), 4)
+            if canonical_name(fields[index]) not in names for part in fields[index:index + 4]]
 
 
 def upstream_headers(
@@ -101,21 +148,7 @@ def upstream_headers(
 
     With `websocket`, `Upgrade`/`Connection: upgrade` and the `Sec-WebSocket-*` headers pass.
     """
-    kinds = _KINDS.get
-    listed: set[bytes] = set()
-    out: list[bytes] = []
-    for name, value in headers:
-        kind = kinds(name)
-        if kind is None:
-            kind = _kind(name)
-        if kind == _KEEP:
-            out += (name, b": ", value, b"\r\n")
-        elif kind == _COOKIE:
-            kept = strip_cookies(value, cookie_names)
-            if kept:
-                out += (name, b": ", kept, b"\r\n")
-        elif kind == _CONNECTION:
-            listed |= _tokens(value)
+    out, listed, _, _ = _sort(headers, _REQUEST_KINDS, _request_kind, cookie_names)
     listed -= _DROPPED  # dropped anyway (the usual `keep-alive`): no second pass for them
     if listed:  # named in Connection: hop-by-hop by declaration
         out = _without(out, listed)
@@ -123,24 +156,6 @@ def upstream_headers(
         out += (b"Connection", b": ", b"Upgrade", b"\r\n", b"Upgrade", b": ", b"websocket",
                 b"\r\n")
     return out
-
-
-# What the response head does with a header, by raw name (cached like `_KINDS`): framing
-# only from the exact names (`response_fields`), `_` look-alikes dropped with them.
-_LENGTH, _CHUNKED = 4, 5
-_RESPONSE_KINDS: dict[bytes, int] = {}
-
-
-def _response_kind(name: bytes) -> int:
-    key = canonical_name(name)
-    exact = b"_" not in name  # spelled as llhttp frames by, not a look-alike
-    kind = (_CONNECTION if key == b"connection"
-            else (_CHUNKED if exact else _DROP) if key == b"transfer-encoding"
-            else _DROP if key in HOP_BY_HOP
-            else (_LENGTH if exact else _DROP) if key == b"content-length" else _KEEP)
-    if len(_RESPONSE_KINDS) < _CANONICAL_MAX:
-        _RESPONSE_KINDS[name] = kind
-    return kind
 
 
 def response_fields(headers: Sequence[Header]) -> tuple[list[bytes], bytes | None, bool]:
@@ -153,33 +168,11 @@ def response_fields(headers: Sequence[Header]) -> tuple[list[bytes], bytes | Non
     The framing is read as the upstream's parser (llhttp) reads it, from the exact names: a
     `Content_Length` taken for the length would cut the body short and let its rest open the
     next response on the client's connection. Such look-alikes are dropped with the framing."""
-    kinds = _RESPONSE_KINDS.get
-    listed: set[bytes] = set()
-    length: bytes | None = None
-    chunked = False
-    out: list[bytes] = []
-    for name, value in headers:
-        kind = kinds(name)
-        if kind is None:
-            kind = _response_kind(name)
-        if kind == _KEEP:
-            out += (name, b": ", value, b"\r\n")
-        elif kind == _LENGTH:
-            length = value.strip()
-        elif kind == _CHUNKED:
-            chunked = chunked or b"chunked" in value.lower()
-        elif kind == _CONNECTION:
-            listed |= _tokens(value)
+    out, listed, length, chunked = _sort(headers, _RESPONSE_KINDS, _response_kind)
     listed -= HOP_BY_HOP
     if listed:
         out = _without(out, listed)
     return out, length, chunked
-
-
-def _without(fields: list[bytes], names: set[bytes]) -> list[bytes]:
-    """Flattened `fields` without the lines whose canonical name is in `names`."""
-    return [part for index in range(0, len(fields), 4)
-            if canonical_name(fields[index]) not in names for part in fields[index:index + 4]]
 
 
 def _parse_ip(text: bytes) -> IPAddress | None:
