@@ -23,6 +23,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
+from integration.harness import free_port
 from sekisho.audit.events import AuditEvent, ScreenSessionEnded, ScreenSessionStarted
 from sekisho.audit.log import AuditUnavailable
 from sekisho.config.model import Config, Route, ScreenOptions, SessionSettings
@@ -46,12 +47,6 @@ MARKER = "秘密-sekisho-marker"
 # look for the ASCII part.
 SEEN = "sekisho-marker"
 POLICIES: dict[str, Any] = {"staff": {"allow": {"and": [{"group": ["staff"]}]}}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Desktop:

@@ -27,10 +27,20 @@ SEKISHO = [sys.executable, "-m", "sekisho"]
 PASSWORD = "Kaigan-Shiokaze-77"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port on 127.0.0.1 that this process has not been given before: two calls in a
+    row can get the same port back from the kernel (once in CI: a public and an admin listener
+    on one port, and the configuration refused)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class EchoUpstream:
