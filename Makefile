@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench lint fmt clean
+.PHONY: run test bench lint fmt clean compile
 
 $(STAMP): pyproject.toml assets/package-lock.json
 	$(PYTHON) -m venv $(VENV)
@@ -13,16 +13,22 @@ $(STAMP): pyproject.toml assets/package-lock.json
 	scripts/assets  # the admin console's JS/CSS from npm (lockfile), served by Sekisho
 	touch $(STAMP)
 
-run: $(STAMP)  ## start the gateway on the embedded demo (SQLite, demo routes and users)
+# The hot modules compiled to C (mypyc; the list is in src/sekisho/_build.py), rebuilt when one
+# of their sources changed; without a C compiler they run as Python (scripts/compile says so).
+compile: $(STAMP)
+	$(BIN)/python scripts/compile
+
+run: compile  ## start the gateway on the embedded demo (SQLite, demo routes and users)
 	scripts/assets
 	$(BIN)/sekisho serve --demo
 
 test: $(STAMP)  ## run the whole test suite
-	scripts/test-deps
+	VENV=$(VENV) scripts/test-deps
 	scripts/assets
+	$(BIN)/python scripts/compile
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)  ## benchmarks: proxy vs nginx/Caddy (wrk), PDP vs cedarpy, mTLS, audit append
+bench: compile  ## benchmarks: proxy vs nginx/Caddy (wrk), PDP vs cedarpy, mTLS, audit append
 	VENV=$(VENV) scripts/bench-deps
 	$(BIN)/python bench/run.py
 
@@ -34,4 +40,5 @@ fmt: $(STAMP)
 	$(BIN)/ruff format src tests bench
 
 clean:
+	-$(PYTHON) scripts/compile --clean
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -41,3 +41,15 @@ class BadRequest(SekishoError):
 
     code = "bad-request"
     status = 400
+
+
+class AuditUnavailable(SekishoError):
+    """The audit log cannot take the event now; the caller must deny (fail closed)."""
+
+    code = "audit-unavailable"
+    status = 503
+
+
+class SessionNotFound(SekishoError):
+    code = "session-not-found"
+    status = 404

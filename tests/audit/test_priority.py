@@ -136,7 +136,7 @@ upgrade(engine)
 audit = AuditLog(engine, background=True)
 audit.start()
 time.sleep(0.2)
-print(audit.priority is None, audit._thread.native_id)
+print(audit.priority is None, audit._writer.native_id)
 audit.close()
 """
     out = subprocess.run(
@@ -205,7 +205,7 @@ def test_the_writer_and_checkpointer_go_idle_while_the_machine_is(
         priority = audit.priority
         assert priority is not None and len(priority.tids) == 2  # writer and checkpointer
         assert audit.checkpointer is not None
-        assert set(priority.tids) == {audit._thread.native_id,  # type: ignore[union-attr]
+        assert set(priority.tids) == {audit._writer.native_id,  # type: ignore[union-attr]
                                       audit.checkpointer.native_id}
         assert not any(is_idle(tid) for tid in priority.tids)  # normal until calm for `hold`
         wait_for(lambda: all(is_idle(tid) for tid in priority.tids), timeout=priority_hold(audit))

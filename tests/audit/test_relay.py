@@ -9,6 +9,7 @@ import os
 import stat
 import time
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from pathlib import Path
 
 import pytest
@@ -222,7 +223,9 @@ def test_record_access_stores_what_record_of_the_event_stores(engine: Engine,
     audit.start()
     usual = ("portal", "ta\"na\nka", "allow", ("ok", "group-authorized"), "192.0.2.1", "GET",
              "/a b/関所", 200, 0, 512, 0.25, "ab12")
-    unusual = (*usual[:7], True, *usual[8:])  # a bool status: JSON true, not 1
+    # An int subclass (HTTPStatus) as the status: the written-out body refuses it as Python
+    # (the event's encoder writes it) and compiled code takes it as the int it is; 200 either way.
+    unusual = (*usual[:7], HTTPStatus.OK, *usual[8:])
 
     async def scenario() -> None:
         async with relayed(audit, path) as relay:
@@ -248,7 +251,7 @@ def test_record_access_stores_what_record_of_the_event_stores(engine: Engine,
     pairs = [(timeless(a), timeless(b)) for a, b in zip(records[::2], records[1::2],
                                                          strict=True)]
     assert all(a == b for a, b in pairs)
-    assert '"status":true' in pairs[1][0][2] and '"status":200' in pairs[0][0][2]
+    assert all('"status":200' in pair[0][2] for pair in pairs)
     assert pairs[0][0][1] == 'ta"na\nka'
 
 

@@ -217,19 +217,24 @@ def _verdict(allow: bool = True, session: bool = True) -> Verdict:
 
 
 def test_only_allows_with_a_session_are_kept_and_the_memo_is_bounded() -> None:
-    memo, runtime = DecisionMemo(_Quiet()), object()
+    def snapshot() -> Runtime:
+        return build_runtime(Config(source="<test>"))
+
+    memo, runtime = DecisionMemo(_Quiet()), snapshot()
     key = (session_id_for("token"), "app", "GET", "/", HOST, "::1")
     for verdict in (_verdict(allow=False), _verdict(session=False)):
-        memo.remember(runtime, key, verdict)  # type: ignore[arg-type]
-        assert memo.recall(runtime, key) is None  # type: ignore[arg-type]
+        memo.remember(runtime, key, verdict)
+        assert memo.recall(runtime, key) is None
     kept = _verdict()
-    memo.remember(runtime, key, kept)  # type: ignore[arg-type]
-    assert memo.recall(runtime, key) is kept  # type: ignore[arg-type]
-    assert memo.recall(object(), key) is None  # type: ignore[arg-type]  # another snapshot
+    memo.remember(runtime, key, kept)
+    assert memo.recall(runtime, key) is kept
+    assert memo.recall(snapshot(), key) is None  # another snapshot
     for index in range(decisions.MAX_ENTRIES + 10):
-        memo.remember(runtime, (str(index), *key[1:]), kept)  # type: ignore[arg-type]
+        memo.remember(runtime, (str(index), *key[1:]), kept)
     assert len(memo._entries) <= decisions.MAX_ENTRIES
-    assert DecisionMemo(object()).recall(runtime, key) is None  # type: ignore[arg-type]
+    blind = DecisionMemo(object())  # a store that cannot say a session is quiet
+    blind.remember(runtime, key, kept)
+    assert blind.recall(runtime, key) is None
 
 
 def _exchange(sock: socket.socket, token: str | None) -> tuple[int, bytes]:

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 from sekisho.audit.events import AccessDecision
 from sekisho.config.model import Networks, Route
 from sekisho.gateway.pep import Verdict, step_up_cures
+from sekisho.identity.principal import SessionInfo
 from sekisho.policy import Facts, compile_policy, evaluate
 
 from .conftest import HOST, STAFF, GatewayUnderTest, make_config
@@ -143,13 +144,15 @@ def test_step_up_cures_asks_the_pdp_not_the_reason_codes() -> None:
                   source_ip=ipaddress.ip_address("203.0.113.5"), method="GET", path="/",
                   host=HOST, route="r", segment="internet", now=datetime.now(UTC),
                   auth_methods=frozenset({"pwd"}), auth_time=datetime.now(UTC))
-    session = object()
+    now = datetime.now(UTC)
+    session = SessionInfo("ab" * 32, 1, "alice", "Alice", "", frozenset({"staff"}),
+                          frozenset({"pwd"}), now, now, now)
 
     def cures(document: dict[str, object], **changes: object) -> frozenset[str]:
         policy = compile_policy("p", document)
         decision = evaluate(facts, policy)
         assert not decision.allow
-        verdict = Verdict(decision, session, facts=facts)  # type: ignore[arg-type]
+        verdict = Verdict(decision, session, facts=facts)
         return step_up_cures(dataclasses.replace(verdict, **changes), policy)
 
     both = frozenset({"totp", "passkey"})

@@ -32,7 +32,7 @@ from sekisho.config.model import Route
 from sekisho.gateway.connection import ClientConnection, Exchange
 from sekisho.gateway.paths import Target
 from sekisho.gateway.pep import Verdict
-from sekisho.gateway.proxy import Splice, status_line
+from sekisho.gateway.proxy import status_line
 from sekisho.gateway.rfb import RfbFilter, RfbViolation
 from sekisho.gateway.screen_page import ScreenAssets, page_response
 from sekisho.runtime import Runtime
@@ -52,14 +52,15 @@ SCREEN_TARGETS = (VNC_PREFIX, CONNECTOR_PREFIX)
 CLOSE_IDLE, CLOSE_FILTER, CLOSE_SERVER = 4000, 1008, 1011
 
 
-class _ScreenSplice(Splice):
-    """The session as the watch sees it, and `cut()` on revocation. `bytes_in` counts
-    keyboard and mouse events only: noVNC asks for updates all the time, and an unattended
-    page must not keep the sign-in session alive (the watch's activity rule)."""
+class _ScreenSplice:
+    """The session as the watch sees it (`watch.Spliced`), and `cut()` on revocation.
+    `bytes_in` counts keyboard and mouse events only: noVNC asks for updates all the time, and
+    an unattended page must not keep the sign-in session alive (the watch's activity rule).
+    Not a `proxy.Splice`: that class is compiled (mypyc), and this module is not."""
 
-    __slots__ = ("_session",)
+    __slots__ = ("_session", "bytes_in", "bytes_out")
 
-    def __init__(self, session: _Session) -> None:  # no upstream connection: see _Session
+    def __init__(self, session: _Session) -> None:
         self._session = session
         self.bytes_in = 0
         self.bytes_out = 0

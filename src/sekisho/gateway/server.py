@@ -18,7 +18,7 @@ import socket
 import ssl as ssl_module
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from sekisho.audit.events import AccessDecision, AccessFields
 from sekisho.config.model import ListenAddress, Route
@@ -171,7 +171,8 @@ class Gateway:
                 ssl=ssl, reuse_port=reuse_port or None, backlog=1024,
             )
             self._servers.append(server)
-            sockets.extend(server.sockets)
+            # typeshed says tuple; uvloop gives a list (compiled code checks the type).
+            sockets.extend(cast(Any, server).sockets)
         self._reloader = loop.create_task(self._reload_keys())
         self._flusher = loop.call_later(METRICS_FLUSH_INTERVAL, self._flush_metrics)
         return sockets

@@ -30,13 +30,12 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sekisho.audit.events import WebSocketClosed
 from sekisho.config.model import Route
 from sekisho.gateway.mtls import ClientCertificate
 from sekisho.gateway.pep import AUDIT_DENY, Verdict, decide
-from sekisho.gateway.proxy import Splice
 from sekisho.identity.principal import SessionInfo
 from sekisho.policy import Decision
 from sekisho.runtime import Runtime
@@ -60,11 +59,21 @@ EXPIRY_SLACK = 0.01  # seconds after the absolute expiry, so the check sees it e
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+class Spliced(Protocol):
+    """An open connection as the watch sees it (`proxy.Splice`, a screen session): bytes
+    each way so far, and `cut()` to end it now."""
+
+    bytes_in: int
+    bytes_out: int
+
+    def cut(self) -> None: ...
+
+
 @dataclass(eq=False, slots=True)
 class LiveConnection:
     """One open WebSocket and the facts of the request that opened it."""
 
-    splice: Splice
+    splice: Spliced
     token: str | None
     session: SessionInfo | None
     route: Route
@@ -134,11 +143,11 @@ class LiveConnections:
              path: str, method: str, client_ip: IPAddress,
              certificate: ClientCertificate | None, ambiguous: bool, kind: str = "websocket",
              on_cut: Callable[[str, tuple[str, ...]], None] | None = None,
-             ) -> Callable[[Splice], Callable[[], None]]:
+             ) -> Callable[[Spliced], Callable[[], None]]:
         """The `on_splice` hook for one upgrade request (a WebSocket, or a `sekisho tcp`
         connection: to the watch both are a splice opened by one decided request)."""
 
-        def register(splice: Splice) -> Callable[[], None]:
+        def register(splice: Spliced) -> Callable[[], None]:
             live = LiveConnection(splice, token, session, route, host, path, method, client_ip,
                                   certificate, ambiguous, self._monotonic(), kind=kind,
                                   on_cut=on_cut)

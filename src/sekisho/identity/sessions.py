@@ -42,7 +42,9 @@ from sqlalchemy import Engine
 
 from sekisho.audit.events import SessionRevoked
 from sekisho.config.model import SessionSettings
-from sekisho.errors import SekishoError
+
+# In errors.py: a compiled class (mypyc) would not take its status over SekishoError's.
+from sekisho.errors import SessionNotFound as SessionNotFound  # noqa: PLC0414 (re-export)
 from sekisho.identity.principal import SessionInfo, proofs_from
 from sekisho.storage import sessions as store
 from sekisho.storage.users import UserRecord, groups_of_user, require_user
@@ -58,11 +60,6 @@ def utcnow() -> datetime:
 
 def session_id_for(token: str) -> str:
     return hashlib.sha256(token.encode("ascii")).hexdigest()
-
-
-class SessionNotFound(SekishoError):
-    code = "session-not-found"
-    status = 404
 
 
 class _Read:
