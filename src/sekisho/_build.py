@@ -21,7 +21,7 @@ MODULES = (
     "gateway.assertion", "gateway.connection", "gateway.decisions", "gateway.headers",
     "gateway.keys", "gateway.paths", "gateway.pep", "gateway.proxy", "gateway.server",
     "gateway.upstream",
-    "audit.chain", "audit.log", "audit.relay",
+    "audit.chain", "audit.columns", "audit.log", "audit.relay", "audit.rows",
     "identity.principal", "identity.sessions",
     "observability.metrics",
     "runtime",

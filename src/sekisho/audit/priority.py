@@ -149,8 +149,11 @@ class BackgroundPriority:
             self._step(behind)
 
     def _step(self, behind: bool) -> None:
-        if self.idle and not is_idle(self.tids[0]):
+        if self.idle and not all(is_idle(tid) for tid in self.tids):
             # A worker lifted the threads (its acknowledgements were late): the log lagged.
+            # All of them, again: a lift racing with our own lowering (`lift` does not wait
+            # for the lock) can leave one lowered after it.
+            set_idle(self.tids, False)
             self.idle = False
             self.lifted += 1
             behind = True

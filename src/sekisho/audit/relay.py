@@ -57,7 +57,7 @@ from sekisho.audit.log import (
     access_body,
     utc_text,
 )
-from sekisho.storage.audit_log import PendingRecord
+from sekisho.audit.rows import PendingRecord
 
 log = logging.getLogger("sekisho.audit.relay")
 

@@ -14,39 +14,24 @@ whole switch interval to get it back — about 600 rows a second instead of tens
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from itertools import chain
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, func, select, text
 
-from sekisho.audit import columns as search_columns
-from sekisho.audit.chain import GENESIS, StoredRecord, link
+from sekisho.audit.chain import GENESIS, StoredRecord
+from sekisho.audit.rows import ACTOR_MAX as ACTOR_MAX  # noqa: PLC0414 (re-exported)
+from sekisho.audit.rows import PendingRecord as PendingRecord  # noqa: PLC0414 (re-exported)
+from sekisho.audit.rows import chain_rows, utc
 from sekisho.errors import StorageError
 from sekisho.storage.models import Base
 
 _NO_AUTOCHECKPOINT = "sekisho_no_autocheckpoint"  # connection.info key: pragma already set
 EVENTS: Table = Base.metadata.tables["audit_events"]
 HEAD: Table = Base.metadata.tables["audit_head"]
-ACTOR_MAX = 128
-
-
-class PendingRecord(NamedTuple):
-    """An event ready to append: its canonical body is final, its place in the chain is not."""
-
-    event_type: str
-    occurred_at: datetime
-    actor: str
-    body: str
-    # The search columns, taken from the event object; None (records relayed as text):
-    # derived from the body by the writer (`audit.columns`).
-    search: search_columns.SearchColumns | None = None
-    # `occurred_at` as `audit.log.utc_text` wrote it (records relayed as text), or "": on
-    # SQLite the stored text is cut from it instead of formatted again (`_sqlite_time`).
-    time_text: str = ""
 
 
 def _lock_head(connection: Connection, autocheckpoint: bool = True) -> tuple[int, str]:
@@ -99,29 +84,15 @@ def append_batch(engine: Engine, items: Sequence[PendingRecord], *,
         # Rows go to the driver as plain tuples (`_insert`), times through the column type's
         # own bind processor: the per-row Core parameter handling was most of the audit
         # writer's CPU time.
-        to_db = _time_binder(connection)
-        sqlite = connection.dialect.name == "sqlite"
-        rows: list[tuple[Any, ...]] = []
-        reasons: list[tuple[Any, ...]] = []
-        of_body = search_columns.of_body
-        for item in items:
-            seq += 1
-            digest = link(prev, item.body)
-            stamp = item.time_text
-            when = _sqlite_time(stamp) if sqlite and _UTC_TEXT.fullmatch(stamp) \
-                else to_db(_utc(item.occurred_at))
-            route, decision, searchable = item.search or of_body(item.body)
-            rows.append((seq, when, item.event_type, item.actor[:ACTOR_MAX], item.body, prev,
-                         digest, route, decision))
-            for reason in searchable:
-                reasons.append((reason, when, seq, item.event_type))
-            prev = digest
-        _insert(connection, "audit_events", _EVENT_COLUMNS, rows)
-        if reasons:
-            _insert(connection, "audit_reasons", _REASON_COLUMNS, reasons)
-        connection.execute(HEAD.update().where(HEAD.c.id == 1).values(seq=seq, hash=prev))
+        rows = chain_rows(items, seq, prev, sqlite=connection.dialect.name == "sqlite",
+                          to_db=_time_binder(connection))
+        _insert(connection, "audit_events", _EVENT_COLUMNS, rows.events)
+        if rows.reasons:
+            _insert(connection, "audit_reasons", _REASON_COLUMNS, rows.reasons)
+        connection.execute(HEAD.update().where(HEAD.c.id == 1).values(seq=rows.seq,
+                                                                      hash=rows.head))
         connection.commit()
-    return seq
+    return rows.seq
 
 
 _EVENT_COLUMNS = ("seq", "occurred_at", "event_type", "actor", "body", "prev_hash", "hash",
@@ -172,17 +143,6 @@ def _time_binder(connection: Connection) -> Callable[[datetime], Any]:
     return processor if processor is not None else _identity
 
 
-# `audit.log.utc_text`: 2026-04-01T09:30:05.000123Z
-_UTC_TEXT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
-
-
-def _sqlite_time(text: str) -> str:
-    """SQLAlchemy's SQLite DATETIME text (`2026-04-01 09:30:05.000123`) of a `utc_text`:
-    the same characters, cut instead of formatted (a fifth of the writer's work per row).
-    tests/audit/test_storage.py holds it equal to the column type's own bind processor."""
-    return text[:10] + " " + text[11:26]
-
-
 def _identity(value: datetime) -> Any:
     return value
 
@@ -203,13 +163,8 @@ def read_head(engine: Engine) -> tuple[int, str] | None:
     return None if row is None else (int(row.seq), str(row.hash))
 
 
-def _utc(moment: datetime) -> datetime:
-    # SQLite keeps no offset: every value we write is UTC, so a naive value read back is UTC.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def _bind_time(engine: Engine, moment: datetime) -> datetime:
-    moment = _utc(moment)
+    moment = utc(moment)
     return moment.replace(tzinfo=None) if engine.dialect.name == "sqlite" else moment
 
 
@@ -246,7 +201,7 @@ def search_records(
             rows = connection.execute(query).all()
         for row in rows:
             yield StoredRecord(int(row.seq), row.body, row.prev_hash, row.hash, row.event_type,
-                               _utc(row.occurred_at), row.actor)
+                               utc(row.occurred_at), row.actor)
         if len(rows) < batch:
             return
         last = int(rows[-1].seq)
