@@ -1,9 +1,9 @@
 """A batch of events as database rows: each linked into the hash chain, with its search columns.
 
 The audit writer's work for every record, pure: `storage.audit_log.append_batch` takes the
-chain-head lock, hands the batch here and inserts what comes back. Kept apart from the SQL so
-that it is compiled with the request path (`sekisho._build`): run by the interpreter, this
-loop was most of the master's CPU time per request (docs/benchmarks.md).
+chain-head lock, hands the batch here and inserts what comes back. Kept apart from the SQL,
+it is compiled with the request path (`sekisho._build`) while the SQLAlchemy calls stay
+interpreted (compiled, their declared types are checked: a `Row` is refused as no tuple).
 """
 
 from __future__ import annotations
